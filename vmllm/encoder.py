@@ -211,7 +211,9 @@ class VisionTextEncoder(nn.Module):
         return EncoderOutput(hs, hs[self.rule.select_layer], text)
 
 def _drop_last_vision_layer(vision_model):
-    "Remove the last encoder layer (and the pooling head, which reads it) in place, as the reference does for SigLIP."
+    "Remove the last encoder layer (and the pooling head, which reads it) in place, once, as the reference does for SigLIP."
+    if getattr(vision_model, "_vmllm_dropped_last_layer", False): return
+    vision_model._vmllm_dropped_last_layer = True
     vision_model.encoder.layers = vision_model.encoder.layers[:-1]
     if getattr(vision_model, "use_head", False):
         vision_model.use_head = False
