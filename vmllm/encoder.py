@@ -92,8 +92,8 @@ def tiny_encoder_config(family: str = "clip", # 'clip' or 'siglip'
     vision = _tower(hidden_size, num_layers, 2, 2 * hidden_size, image_size=image_size, patch_size=patch_size)
     text = _tower(hidden_size if family == "siglip" else 40, 2, 2, 64, vocab_size=vocab_size,
                   max_position_embeddings=text_max_length)
+    text.update(bos_token_id=2, eos_token_id=eos_token_id, pad_token_id=0)
     if family == "clip":
-        text.update(bos_token_id=2, eos_token_id=eos_token_id, pad_token_id=0)
         return CLIPConfig(vision_config=vision, text_config=text, projection_dim=40)
     return SiglipConfig(vision_config=vision, text_config=text)
 
