@@ -123,7 +123,7 @@ def load_encoder_model(name_or_path, # preset name, hub id, or local directory o
             f"no local copy of {p['hub_id']} (preset {key}): download it once (e.g. `hf download {p['hub_id']} "
             f"--local-dir DIR`) and pass DIR, or pass random_init=True for random weights") from e
 
-# %% ../nbs/01_encoder.ipynb #c016
+# %% ../nbs/01_encoder.ipynb #c017
 @dataclass
 class EncoderOutput:
     "What the encoders hand to a connector."
@@ -219,7 +219,7 @@ def _drop_last_vision_layer(vision_model):
         vision_model.use_head = False
         del vision_model.head
 
-# %% ../nbs/01_encoder.ipynb #c026
+# %% ../nbs/01_encoder.ipynb #c027
 def _processor_cls(family: str):
     "The family's image-processor class, PIL-backed where available."
     name = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor"}[family]

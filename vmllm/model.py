@@ -14,7 +14,7 @@ from .connector import CONNECTORS, build_connector
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'diff_state_dicts']
+__all__ = ['VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'diff_state_dicts', 'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -228,3 +228,11 @@ def diff_state_dicts(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b)
                   if k not in a or k not in b or a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
                   or not torch.equal(a[k], b[k]))
+
+# %% ../nbs/05_model.ipynb #c029
+def load_pretrained(path, # a directory written by `model.save_pretrained` and `processor.save_pretrained`
+                    **kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
+    "Model and processor from a local vmllm checkpoint directory."
+    path = require_files(path, "config.json", "model.safetensors|model.safetensors.index.json",
+                         VmllmProcessor.config_name, what="vmllm checkpoint")
+    return VmllmForCausalLM.from_pretrained(path, local_files_only=True, **kwargs), VmllmProcessor.from_pretrained(path)
