@@ -12,7 +12,7 @@ from .core import IGNORE_INDEX, IMAGE_TOKEN, require_files
 from .encoder import FAMILY_RULES, build_image_processor, load_image_processor
 
 # %% auto #0
-__all__ = ['VmllmProcessor']
+__all__ = ['VmllmProcessor', 'pad_rows']
 
 # %% ../nbs/04_processor.ipynb #c005
 def _as_list(x) -> list: return [x] if isinstance(x, str) else list(x)
@@ -43,6 +43,15 @@ class VmllmProcessor:
             raise ValueError(f"the LLM tokenizer has no {image_token!r} token: add it as a special token "
                              "(tokenizer.add_special_tokens) and resize the LLM's embeddings")
 
+    def expand_images(self, ids: list, labels: list) -> tuple[list, list]:
+        "Repeat each image token `tokens_per_image` times; image slots are never labelled."
+        out_ids, out_labels = [], []
+        for i, l in zip(ids, labels):
+            k = self.tokens_per_image if i == self.image_token_id else 1
+            out_ids += [i] * k
+            out_labels += [IGNORE_INDEX if i == self.image_token_id else l] * k
+        return out_ids, out_labels
+
     def tokenize(self, text: str, answer: str | None = None) -> tuple[list, list]:
         "Ids of `text` (+ `answer` and EOS) with images expanded, and labels that keep only the answer."
         ids = self.tokenizer(text).input_ids
@@ -50,12 +59,22 @@ class VmllmProcessor:
         if answer is not None:
             ans = self.tokenizer(answer, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
             ids, labels = ids + ans, labels + ans
-        out_ids, out_labels = [], []
-        for i, l in zip(ids, labels):
-            k = self.tokens_per_image if i == self.image_token_id else 1
-            out_ids += [i] * k
-            out_labels += [IGNORE_INDEX if i == self.image_token_id else l] * k
-        return out_ids, out_labels
+        return self.expand_images(ids, labels)
+
+    def pixel_values(self, images: list):
+        "`[n_images, 3, H, W]` from PIL images."
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def prompt_inputs(self, prompts: list) -> dict:
+        "Prompts tokenised for the text tower, padded and truncated by the family's rule."
+        enc = self.encoder_tokenizer(prompts, padding=FAMILY_RULES[self.family].text_padding, truncation=True,
+                                     max_length=self.text_max_length, return_tensors="pt")
+        return {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"]}
+
+    @property
+    def image_mean_colour(self) -> tuple:
+        "The processor's mean colour as 0-255 RGB: what LLaVA pads images to square with."
+        return tuple(int(255 * m) for m in self.image_processor.image_mean)  # truncated, as LLaVA does
 
     def __call__(self, text, # one string or a list: the LLM input, with `<image>` where images go
                  images=None, # PIL images in order of appearance, flat or one list per text
@@ -71,13 +90,10 @@ class VmllmProcessor:
         answers = [None] * len(texts) if answers is None else _as_list(answers)
         if len(answers) != len(texts): raise ValueError(f"{len(texts)} texts but {len(answers)} answers")
         rows = [self.tokenize(t, a) for t, a in zip(texts, answers)]
-        out = _pad([r[0] for r in rows], self.tokenizer.pad_token_id, padding_side)
-        if answers[0] is not None: out["labels"] = _pad([r[1] for r in rows], IGNORE_INDEX, padding_side)["input_ids"]
-        if images: out["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        prompts = texts if prompts is None else _as_list(prompts)
-        enc = self.encoder_tokenizer(prompts, padding=FAMILY_RULES[self.family].text_padding, truncation=True,
-                                     max_length=self.text_max_length, return_tensors="pt")
-        out["prompt_input_ids"], out["prompt_attention_mask"] = enc["input_ids"], enc["attention_mask"]
+        out = pad_rows([r[0] for r in rows], self.tokenizer.pad_token_id, padding_side)
+        if answers[0] is not None: out["labels"] = pad_rows([r[1] for r in rows], IGNORE_INDEX, padding_side)["input_ids"]
+        if images: out["pixel_values"] = self.pixel_values(images)
+        out.update(self.prompt_inputs(texts if prompts is None else _as_list(prompts)))
         return BatchFeature(out)
 
     def decode(self, ids, **kwargs) -> str: return self.tokenizer.decode(ids, **kwargs)
@@ -103,7 +119,7 @@ class VmllmProcessor:
                    AutoTokenizer.from_pretrained(path / "encoder_tokenizer", local_files_only=True),
                    load_image_processor(path, cfg["family"]), **cfg)
 
-def _pad(rows: list, value: int, side: str) -> dict:
+def pad_rows(rows: list, value: int, side: str = "right") -> dict:
     "Pad lists of ids to one tensor on `side`, with the matching attention mask."
     if side not in ("left", "right"): raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
     n = max(len(r) for r in rows)
