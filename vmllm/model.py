@@ -194,12 +194,19 @@ AutoModelForCausalLM.register(VmllmConfig, VmllmForCausalLM, exist_ok=True)
 # %% ../nbs/05_model.ipynb #c010
 def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
                mm_projector_type: str = "vmllm", # or 'mlp2x_gelu'
-               seed: int = 0, **config_kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
+               seed: int = 0,
+               tokenizers: tuple | None = None, # (LLM tokenizer, text-tower tokenizer); default `build_tokenizer()`
+               image_size: int = 32, patch_size: int = 8, encoder_layers: int = 4, encoder_width: int = 48,
+               llm_width: int = 64, llm_layers: int = 2,
+               **config_kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
     "A tiny random vMLLM model and its processor, built offline."
-    tok, enc_tok = build_tokenizer(), build_tokenizer(add_eos=True)
-    enc_cfg = tiny_encoder_config(family, vocab_size=len(enc_tok), eos_token_id=enc_tok.eos_token_id)
-    cfg = VmllmConfig(text_config=tiny_llm_config(tok), encoder_config=enc_cfg, mm_projector_type=mm_projector_type,
-                      image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), **config_kwargs)
+    tok, enc_tok = tokenizers or (build_tokenizer(), build_tokenizer(add_eos=True))
+    enc_cfg = tiny_encoder_config(family, vocab_size=len(enc_tok), eos_token_id=enc_tok.eos_token_id,
+                                  hidden_size=encoder_width, num_layers=encoder_layers, image_size=image_size,
+                                  patch_size=patch_size)
+    cfg = VmllmConfig(text_config=tiny_llm_config(tok, llm_width, llm_layers), encoder_config=enc_cfg,
+                      mm_projector_type=mm_projector_type, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                      **config_kwargs)
     torch.manual_seed(seed)
     model = VmllmForCausalLM(cfg).eval()
     proc = VmllmProcessor(tok, enc_tok, build_image_processor(enc_cfg), model.tokens_per_image, family,
