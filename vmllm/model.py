@@ -198,8 +198,9 @@ def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
                tokenizers: tuple | None = None, # (LLM tokenizer, text-tower tokenizer); default `build_tokenizer()`
                image_size: int = 32, patch_size: int = 8, encoder_layers: int = 4, encoder_width: int = 48,
                llm_width: int = 64, llm_layers: int = 2,
+               encoder_model=None, # an already trained tiny CLIPModel/SiglipModel to use instead of a random one
                **config_kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
-    "A tiny random vMLLM model and its processor, built offline."
+    "A tiny random vMLLM model (random LLM and connector; random or given encoder) and its processor, built offline."
     tok, enc_tok = tokenizers or (build_tokenizer(), build_tokenizer(add_eos=True))
     enc_cfg = tiny_encoder_config(family, vocab_size=len(enc_tok), eos_token_id=enc_tok.eos_token_id,
                                   hidden_size=encoder_width, num_layers=encoder_layers, image_size=image_size,
@@ -207,8 +208,10 @@ def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
     cfg = VmllmConfig(text_config=tiny_llm_config(tok, llm_width, llm_layers), encoder_config=enc_cfg,
                       mm_projector_type=mm_projector_type, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                       **config_kwargs)
+    if encoder_model is not None: cfg.encoder_config = enc_cfg = encoder_model.config
     torch.manual_seed(seed)
     model = VmllmForCausalLM(cfg).eval()
+    if encoder_model is not None: model.vision_tower = VisionTextEncoder(encoder_model, cfg.reference_quirks)
     proc = VmllmProcessor(tok, enc_tok, build_image_processor(enc_cfg), model.tokens_per_image, family,
                           enc_cfg.text_config.max_position_embeddings)
     return model, proc
