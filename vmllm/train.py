@@ -147,7 +147,9 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     report = preflight(ds, cfg.preflight_rows)
     if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha)
     if cfg.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm, kw = model.language_model, {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
     params = set_trainable(model, cfg.stage)
     world, rank = acc.num_processes, acc.process_index
     sampler = ModalityLengthSampler(ds.modality_lengths(), cfg.batch_size * world, seed=cfg.seed)
