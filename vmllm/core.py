@@ -10,7 +10,7 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'default_corpus', 'build_tokenizer', 'tiny_llm_config',
-           'require_files']
+           'require_files', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
@@ -71,3 +71,13 @@ def require_files(path, # a local directory
         if not any((p / o).exists() for o in options):
             raise FileNotFoundError(f"{what} directory {p} has no {' or '.join(options)}")
     return p
+
+# %% ../nbs/00_core.ipynb #c019
+import sys
+from tqdm.auto import tqdm
+
+def progress(iterable=None, total: int | None = None, desc: str = "", disable: bool = False, **kwargs):
+    "A tqdm bar that stays quiet in log files."
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, disable=disable, mininterval=0.1 if interactive else 30,
+                dynamic_ncols=interactive, **kwargs)

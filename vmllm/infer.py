@@ -9,8 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
-from .core import IMAGE_TOKEN
+from .core import IMAGE_TOKEN, progress as progress_bar
 from .data import pad_to_square, render_conversation
 
 # %% auto #0
@@ -41,7 +40,7 @@ def answer(model, processor, items: list, # dicts with 'question' and optionally
     "Greedy (by default) replies to many questions, in left-padded batches."
     model.eval()
     replies = []
-    for s in tqdm(range(0, len(items), batch_size), disable=not progress, desc="answering"):
+    for s in progress_bar(range(0, len(items), batch_size), disable=not progress, desc="answering"):
         chunk = items[s:s + batch_size]
         prompts = [build_prompt(it["question"], processor, template, has_image=it.get("image") is not None) for it in chunk]
         images = [[_open_image(it["image"], processor)] if it.get("image") is not None else [] for it in chunk]

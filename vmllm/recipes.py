@@ -18,8 +18,8 @@ from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_i
 from .infer import heldout_accuracy
 from .model import VmllmForCausalLM, load_pretrained, tiny_vmllm
 from .processor import VmllmProcessor
-from .synth import make_toy_data, toy_tokenizers
-from .train import StageConfig, train_contrastive, train_stage
+from .synth import make_toy_data, toy_corpus, toy_tokenizers
+from .train import StageConfig, train_contrastive, train_language_model, train_stage
 
 # %% auto #0
 __all__ = ['PRESETS', 'merge', 'parse_sets', 'resolve', 'stage_config', 'real_model', 'run_toy_model', 'run', 'vmllm_train']
@@ -42,6 +42,7 @@ PRESETS["toy"] = dict(
                encoder_layers=6, encoder_width=64, llm_width=128, llm_layers=4, init=None),
     toy_data=dict(n_stage1=3000, n_stage2=3000, n_heldout=300, image_size=64),
     stage0=dict(steps=300, batch_size=64, lr=1e-3),
+    stage0_llm=dict(steps=300, batch_size=64, lr=1e-3),
     stage1=dict(template="plain", lr=2e-3, epochs=1.0, global_batch=32, batch_size=32, max_length=512),
     stage2=dict(template="vicuna_v1", lr=1e-3, epochs=3.0, global_batch=32, batch_size=32, max_length=512),
 )
@@ -92,8 +93,8 @@ def stage_config(cfg: dict, stage: int, world: int = 1) -> StageConfig:
     unknown = set(s) - _STAGE_FIELDS - {"global_batch"}
     if unknown: raise ValueError(f"stage{stage}: unknown option(s) {sorted(unknown)}; options: {sorted(_STAGE_FIELDS)}")
     for key in ("data",) + (("image_folder",) if cfg.get("preset") != "toy" else ()):
-        if not s.get(key): raise ValueError(f"stage{stage}.{key} is not set: pass --stage{stage}-{key.split('_')[0]}"
-                                            f"{'s' if key == 'image_folder' else ''} (or set it in the YAML file)")
+        flag = f"--stage{stage}_{'data' if key == 'data' else 'images'}"
+        if not s.get(key): raise ValueError(f"stage{stage}.{key} is not set: pass {flag} (or set it in the YAML file)")
     glob = s.pop("global_batch", None)
     if glob:
         per_step = s["batch_size"] * world
@@ -134,7 +135,8 @@ def _accelerator(cfg: dict) -> Accelerator:
     "One Accelerator per run; a launcher's mixed-precision setting wins over the recipe's."
     mp = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else cfg.get("mixed_precision", "no")
     if mp == "bf16" and not torch.cuda.is_available() and not torch.backends.mps.is_available(): mp = "no"
-    return Accelerator(mixed_precision=mp)
+    multi_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()  # e.g. torchrun on CPUs: gloo
+    return Accelerator(mixed_precision=mp, cpu=multi_cpu or None)
 
 def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress: bool) -> tuple:
     "Data, tokenizers, stage-0 encoder and the untrained vMLLM model of the toy recipe."
@@ -168,6 +170,17 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
                 encoder.save_pretrained(enc_dir); (enc_dir / "losses.json").write_text(json.dumps(losses))
                 print(f"stage 0: contrastive loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
     model, proc = tiny_vmllm(m["family"], encoder_model=encoder, **kw)
+    if 0 in cfg["stages"]:
+        lm_dir = out / "stage0_llm"
+        if resume and (lm_dir / "config.json").exists():
+            model.language_model = type(model.language_model).from_pretrained(lm_dir)
+        else:
+            lm_cfg = cfg.get("stage0_llm", {})
+            losses = train_language_model(model.language_model, toks[0], toy_corpus(data), seed=cfg["seed"],
+                                          progress=progress and acc.is_main_process, **lm_cfg)
+            if acc.is_main_process:
+                model.language_model.save_pretrained(lm_dir); (lm_dir / "losses.json").write_text(json.dumps(losses))
+                print(f"stage 0: LLM loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
     for stage in (1, 2):
         for key, split in (("data", f"stage{stage}"), ("image_folder", "image_folder")):
             cfg[f"stage{stage}"].setdefault(key, data[split])

@@ -13,15 +13,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
-from .core import IGNORE_INDEX
+from .core import IGNORE_INDEX, progress as progress_bar
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'STATE_FILE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'token_loss_sum', 'n_targets',
            'NonFiniteLoss', 'latest_checkpoint', 'save_checkpoint', 'plot_history', 'train_stage', 'caption_pairs',
-           'train_contrastive']
+           'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -168,7 +167,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     inner = acc.unwrap_model(model)
     connector_params = [p for p in inner.mm_projector.parameters() if p.requires_grad]
     collate = Collator(processor)
-    bar = tqdm(total=total, initial=state["step"], disable=not (progress and acc.is_main_process), desc=f"stage {cfg.stage}")
+    bar = progress_bar(total=total, initial=state["step"], disable=not (progress and acc.is_main_process), desc=f"stage {cfg.stage}")
     t0, samples0 = time.perf_counter(), state["samples"]
 
     def forward_sum(batch):
@@ -259,7 +258,7 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
     images = {}
     losses = []
-    for _ in tqdm(range(steps), disable=not progress, desc="stage 0"):
+    for _ in progress_bar(range(steps), disable=not progress, desc="stage 0"):
         chunk = rng.sample(pairs, min(batch_size, len(pairs)))
         ims = []
         for p, _ in chunk:
@@ -271,4 +270,23 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
         out.loss.backward(); opt.step(); sched.step(); opt.zero_grad()
         losses.append(out.loss.item())
     encoder_model.eval().requires_grad_(False)
+    return losses
+
+# %% ../nbs/10_train.ipynb #c018
+def train_language_model(lm, tokenizer, texts: list[str], steps: int = 200, batch_size: int = 64, lr: float = 1e-3,
+                         seed: int = 0, progress: bool = True) -> list[float]:
+    "Causal-LM training of `lm` (in place) on `texts`; returns the loss per step."
+    rng = random.Random(seed); torch.manual_seed(seed)
+    lm.train()
+    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
+    losses = []
+    for _ in progress_bar(range(steps), disable=not progress, desc="stage 0 (LLM)"):
+        enc = tokenizer([t + tokenizer.eos_token for t in rng.sample(texts, min(batch_size, len(texts)))],
+                        padding=True, return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+        loss = lm(**enc, labels=labels).loss
+        loss.backward(); opt.step(); sched.step(); opt.zero_grad()
+        losses.append(loss.item())
+    lm.eval()
     return losses
