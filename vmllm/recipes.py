@@ -40,11 +40,11 @@ PRESETS["toy"] = dict(
     preset="toy", output_dir="runs/toy", stages=[0, 1, 2], seed=0, mixed_precision="no",
     model=dict(family="clip", connector="vmllm", enhance_impl="fast", reference_quirks=True, image_size=64, patch_size=8,
                encoder_layers=6, encoder_width=64, llm_width=128, llm_layers=4, init=None),
-    toy_data=dict(n_stage1=3000, n_stage2=3000, n_heldout=300, image_size=64),
+    toy_data=dict(n_stage1=3000, n_stage2=6000, n_heldout=300, image_size=64),
     stage0=dict(steps=300, batch_size=64, lr=1e-3),
     stage0_llm=dict(steps=300, batch_size=64, lr=1e-3),
-    stage1=dict(template="plain", lr=2e-3, epochs=1.0, global_batch=32, batch_size=32, max_length=512),
-    stage2=dict(template="vicuna_v1", lr=1e-3, epochs=3.0, global_batch=32, batch_size=32, max_length=512),
+    stage1=dict(template="plain", lr=2e-3, epochs=2.0, global_batch=32, batch_size=32, max_length=512),
+    stage2=dict(template="vicuna_v1", lr=1e-3, epochs=5.0, global_batch=32, batch_size=32, max_length=512),
 )
 
 # %% ../nbs/11_recipes.ipynb #c008

@@ -157,7 +157,8 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    model, opt, sched = acc.prepare(model, opt, sched)
+    model, opt = acc.prepare(model, opt)
+    acc.register_for_checkpointing(sched)  # not prepared: a prepared scheduler steps once per process
     state = dict(step=0, epoch=0, batch_in_epoch=0, skipped=0, samples=0, history=[], config=asdict(cfg))
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
