@@ -34,19 +34,22 @@ def default_corpus() -> list[str]:
 def build_tokenizer(corpus: list[str] | None = None, # training text; `default_corpus()` when None
                     vocab_size: int = 512, # final vocabulary size, special tokens included
                     add_eos: bool = False, # append `</s>` to every encoded text (text towers)
+                    image_token: bool = True, # include `<image>` (LLaVA's own tokenizers do not)
                    ) -> PreTrainedTokenizerFast:
     "Train a byte-level BPE tokenizer in memory; `<image>` is a special token."
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    specials = SPECIAL_TOKENS if image_token else [t for t in SPECIAL_TOKENS if t != IMAGE_TOKEN]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus or default_corpus(), trainer)
     template = "<s> $A </s>" if add_eos else "<s> $A"
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(t, tok.token_to_id(t)) for t in ("<s>", "</s>")])
+    extra = {"extra_special_tokens": {"image_token": IMAGE_TOKEN}} if image_token else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", extra_special_tokens={"image_token": IMAGE_TOKEN})
+                                   unk_token="<unk>", **extra)
 
 # %% ../nbs/00_core.ipynb #c013
 def tiny_llm_config(tokenizer: PreTrainedTokenizerFast, # gives the vocabulary size and special ids

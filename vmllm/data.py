@@ -229,7 +229,8 @@ class Collator:
     processor: VmllmProcessor
     def __call__(self, examples: list) -> dict:
         good = [e for e in examples if e is not None]
-        batch = {"skipped": len(examples) - len(good), "ids": [e["id"] for e in good]}
+        batch = {"skipped": len(examples) - len(good), "ids": [e["id"] for e in good],
+                 "shortened": sum(e["turns_dropped"] > 0 for e in good)}
         if not good: return batch
         p = self.processor
         batch.update(pad_rows([e["input_ids"] for e in good], p.tokenizer.pad_token_id))

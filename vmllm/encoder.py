@@ -183,8 +183,9 @@ class VisionTextEncoder(nn.Module):
                     attention_mask: Tensor | None = None) -> Tensor: # [B, e]
         "One global vector per prompt, by the family's rule (quirk or clean)."
         source, n_proj = self.text_global_rule
-        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask if self.rule.text_mask else None)
-        g = out.last_hidden_state[:, 0] if source == "first" else out.pooler_output
+        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask if self.rule.text_mask else None,
+                                    output_hidden_states=source == "first")
+        g = out.hidden_states[-1][:, 0] if source == "first" else out.pooler_output
         for _ in range(n_proj): g = self.model.text_projection(g)
         return g
 

@@ -4,6 +4,8 @@
 
 # %% ../nbs/05_model.ipynb #c003
 from __future__ import annotations
+import json
+from pathlib import Path
 import torch
 from torch import nn, Tensor
 from transformers import (AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel)
@@ -34,7 +36,9 @@ class VmllmConfig(PretrainedConfig):
                  reference_quirks: bool = True, # text global vector as the reference computes it
                  image_token_index: int | None = None, # id of the image token in the LLM vocabulary
                  mm_hidden_size: int | None = None, # vision width, if given it must match the encoder's
+                 reference: dict | None = None, # what converting back to the released layout needs (vmllm.zoo)
                  **kwargs):
+        self.reference = reference
         self.text_config = _sub_config(text_config, "text_config")
         self.encoder_config = _sub_config(encoder_config, "encoder_config")
         self.mm_projector_type, self.enhance_impl, self.reference_quirks = mm_projector_type, enhance_impl, reference_quirks
@@ -105,6 +109,17 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
         "Connector layers get PyTorch's default init; the towers and the LLM initialise themselves."
         if isinstance(module, nn.Linear) and any(module is m for m in self.mm_projector.modules()):
             module.reset_parameters()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, vision_tower=None, **kwargs):
+        "`PreTrainedModel.from_pretrained`; a released (LLaVA-layout) directory is recognised and converted on the fly."
+        p = Path(str(pretrained_model_name_or_path))
+        if (p / "config.json").is_file():
+            cfg = json.loads((p / "config.json").read_text())
+            if cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava")):
+                from vmllm.zoo import load_reference
+                return load_reference(p, vision_tower)[0]
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def get_input_embeddings(self): return self.language_model.get_input_embeddings()
     def set_input_embeddings(self, value): self.language_model.set_input_embeddings(value)

@@ -17,6 +17,7 @@ from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_i
                            load_encoder_model, load_image_processor, tiny_encoder_config)
 from .infer import heldout_accuracy
 from .model import VmllmForCausalLM, load_pretrained, tiny_vmllm
+from .zoo import load_any
 from .processor import VmllmProcessor
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
 from .train import StageConfig, train_contrastive, train_language_model, train_stage
@@ -108,7 +109,7 @@ def stage_config(cfg: dict, stage: int, world: int = 1) -> StageConfig:
 # %% ../nbs/11_recipes.ipynb #c011
 def real_model(m: dict, accelerator=None) -> tuple:
     "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm`."
-    if m.get("init"): return load_pretrained(m["init"])
+    if m.get("init"): return load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None)
     if not m.get("llm"): raise ValueError("no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH")
     enc_path = Path(str(m["vision_tower"])).expanduser()
     encoder = load_encoder_model(m["vision_tower"])
@@ -209,7 +210,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         summary["stages"][stage] = {k: v for k, v in r.items() if k != "history"}
         if acc.is_main_process:
             print(f"stage {stage}: {r['steps']} steps, final loss {r['final_loss']:.4f}, {r['samples_per_s']:.1f} samples/s, "
-                  f"{r['skipped']} rows skipped")
+                  f"{r['skipped']} rows skipped, {r['shortened']} shortened to fit")
     if "heldout" in cfg and acc.is_main_process:
         h = cfg["heldout"]
         summary["heldout"] = heldout_accuracy(model, proc, h["questions"], h["image_folder"],
@@ -227,7 +228,7 @@ def vmllm_train(preset: str = "toy", # toy, clip-b32, clip-l14-336, siglip-b16-2
                 output_dir: str = None, # where checkpoints, final models and curves go
                 llm: str = None, # local directory of the LLM (paper presets)
                 vision_tower: str = None, # local CLIP/SigLIP directory (default: the preset's, from the local HF cache)
-                init: str = None, # start from this vmllm checkpoint (e.g. a finished stage 1)
+                init: str = None, # start from this checkpoint: vmllm or released layout (e.g. a finished stage 1)
                 stage1_data: str = None, stage1_images: str = None, # LLaVA JSON and image folder of stage 1
                 stage2_data: str = None, stage2_images: str = None, # LLaVA JSON and image folder of stage 2
                 stages: str = None, # comma-separated stages to run, e.g. "2" (toy: 0,1,2)

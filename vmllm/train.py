@@ -207,12 +207,14 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
             if len(micro) < cfg.grad_accum: continue
             loss = optimizer_step(micro)
             n_local = sum(len(b["ids"]) + b["skipped"] for b in micro)
-            state["skipped"] += int(acc.reduce(torch.tensor(sum(b["skipped"] for b in micro), device=acc.device), "sum"))
+            counts = acc.reduce(torch.tensor([sum(b["skipped"] for b in micro), sum(b["shortened"] for b in micro)],
+                                             device=acc.device), "sum").tolist()
+            state["skipped"] += int(counts[0]); state["shortened"] = state.get("shortened", 0) + int(counts[1])
             state["samples"] += n_local * world
             state["step"] += 1; state["batch_in_epoch"] += len(micro); micro = []
             rate = (state["samples"] - samples0) / (time.perf_counter() - t0)
             state["history"].append(dict(step=state["step"], loss=loss, lr=sched.get_last_lr()[0], samples_per_s=rate))
-            bar.update(1); bar.set_postfix(loss=f"{loss:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False); bar.update(1)
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
                 save_checkpoint(acc, out, state, cfg.keep_checkpoints)
                 if acc.is_main_process: plot_history(state["history"], out / "loss.png")
@@ -231,7 +233,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     acc.wait_for_everyone()
     rates = [h["samples_per_s"] for h in state["history"]]
     return dict(steps=state["step"], final_loss=state["history"][-1]["loss"] if state["history"] else None,
-                skipped=state["skipped"], samples_per_s=rates[-1] if rates else None, preflight=report,
+                skipped=state["skipped"], shortened=state.get("shortened", 0), samples_per_s=rates[-1] if rates else None, preflight=report,
                 history=state["history"], final_dir=str(final))
 
 # %% ../nbs/10_train.ipynb #c016
