@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn, Tensor
 from .encoder import VisionTextEncoder, EncoderOutput
-from .enhance import VmllmEnhancer
+from .enhance import GATES, STREAMS, VmllmEnhancer
 
 # %% auto #0
 __all__ = ['CONNECTORS', 'VmllmConnector', 'LlavaConnector', 'build_connector']
@@ -15,9 +15,10 @@ __all__ = ['CONNECTORS', 'VmllmConnector', 'LlavaConnector', 'build_connector']
 # %% ../nbs/03_connector.ipynb #c005
 class VmllmConnector(VmllmEnhancer):
     "The vMLLM connector: the enhancement, read through the encoder family's rules."
-    needs_prompt = True
+    @property
+    def needs_prompt(self) -> bool: return "text" in self.gates
     def forward(self, enc: EncoderOutput, encoder: VisionTextEncoder, return_details: bool = False):
-        if enc.text_global is None:
+        if enc.text_global is None and self.needs_prompt:
             raise ValueError("the vmllm connector needs the prompt for its text gate: pass prompt_input_ids "
                              "(VmllmProcessor makes them from the text)")
         return super().forward(enc.hidden_states, enc.select, enc.text_global, encoder.to_embedding,
@@ -38,8 +39,9 @@ CONNECTORS = ("vmllm", "mlp2x_gelu")
 
 def build_connector(kind: str, # 'vmllm' or 'mlp2x_gelu'
                     encoder: VisionTextEncoder, llm_width: int,
-                    impl: str = "fast"): # the vmllm connector's code path: 'fast' or 'reference'
+                    impl: str = "fast", # the vmllm connector's code path: 'fast' or 'reference'
+                    streams: tuple = STREAMS, gates: tuple = GATES): # vmllm ablations (see VmllmEnhancer)
     "The connector named by `kind`, sized for `encoder` and an LLM of width `llm_width`."
-    if kind == "vmllm": return VmllmConnector(encoder.vision_width, encoder.embed_width, llm_width, impl=impl)
+    if kind == "vmllm": return VmllmConnector(encoder.vision_width, encoder.embed_width, llm_width, impl, streams, gates)
     if kind == "mlp2x_gelu": return LlavaConnector(encoder.vision_width, llm_width)
     raise ValueError(f"unknown mm_projector_type {kind!r}: use one of {list(CONNECTORS)}")

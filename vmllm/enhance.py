@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 # %% auto #0
-__all__ = ['IMPLS', 'layer_attention_reference', 'layer_attention_fast', 'gate_reference', 'gate_fast', 'split_mean', 'split_cls',
-           'VmllmEnhancer', 'max_rel_err', 'compare_impls']
+__all__ = ['IMPLS', 'STREAMS', 'GATES', 'layer_attention_reference', 'layer_attention_fast', 'gate_reference', 'gate_fast',
+           'split_mean', 'split_cls', 'VmllmEnhancer', 'max_rel_err', 'compare_impls']
 
 # %% ../nbs/02_enhance.ipynb #c006
 def layer_attention_reference(stack: Tensor, # [n, T, K, d]: K hidden states of every token
@@ -67,20 +67,28 @@ def split_cls(x: Tensor) -> tuple[Tensor, Tensor]:
     return x[:, 1:], x[:, :1]
 
 IMPLS = {"fast": (layer_attention_fast, gate_fast), "reference": (layer_attention_reference, gate_reference)}
+STREAMS, GATES = ("low", "high", "select"), ("text", "image")
 
 class VmllmEnhancer(nn.Module):
     "vMLLM's visual feature enhancement and projector (METHOD.md steps 3-6), with the reference parameter names."
     def __init__(self, vision_width: int, # d: width of the vision tower's hidden states
                  embed_width: int, # e: width of the image-text embedding space (= d without projections)
                  llm_width: int, # D: the LLM's hidden size
-                 impl: str = "fast"): # 'fast' or 'reference'
+                 impl: str = "fast", # 'fast' or 'reference'
+                 streams: tuple = STREAMS, # ablations: a subset of ('low', 'high', 'select')
+                 gates: tuple = GATES): # ablations: a subset of ('text', 'image')
         super().__init__()
         d, e = vision_width, embed_width
-        for name in ("img_low", "img_high"):
-            for p in "qkv": setattr(self, f"{name}_{p}_proj", nn.Linear(d, d))
-        for name in ("txt_", ""):
-            for p in "qkv": setattr(self, f"{name}{p}_proj", nn.Linear(e, e))
-        self.proj = nn.Sequential(nn.Linear(3 * e, llm_width), nn.GELU(), nn.Linear(llm_width, llm_width))
+        bad = [x for x in streams if x not in STREAMS] + [g for g in gates if g not in GATES]
+        if bad or not streams: raise ValueError(f"unknown or no streams/gates {bad}: streams from {STREAMS}, gates from {GATES}")
+        self.streams, self.gates = tuple(x for x in STREAMS if x in streams), tuple(g for g in GATES if g in gates)
+        for name in ("low", "high"):
+            if name in self.streams:
+                for p in "qkv": setattr(self, f"img_{name}_{p}_proj", nn.Linear(d, d))
+        for gate, prefix in (("text", "txt_"), ("image", "")):
+            if gate in self.gates:
+                for p in "qkv": setattr(self, f"{prefix}{p}_proj", nn.Linear(e, e))
+        self.proj = nn.Sequential(nn.Linear(len(self.streams) * e, llm_width), nn.GELU(), nn.Linear(llm_width, llm_width))
         self.impl = impl
 
     @property
@@ -104,20 +112,34 @@ class VmllmEnhancer(nn.Module):
         n = len(hidden_states)
         details, streams = {}, {}
         for name, hs in (("low", hidden_states[:n // 2]), ("high", hidden_states[n // 2:])):
+            if name not in self.streams: continue
             stack = torch.stack([h.to(dtype) for h in hs], dim=2)            # [n, T, K, d]
             streams[name], details[f"{name}_layer_weights"] = layer_attention(stack, *self._projs(f"img_{name}_"))
-        streams["select"] = select.to(dtype)
-        t = text_global.to(dtype)[:, None]                                  # [n, 1, e]
+        if "select" in self.streams: streams["select"] = select.to(dtype)
+        t = text_global.to(dtype)[:, None] if "text" in self.gates else None  # [n, 1, e]
         fused = []
         for name, s in streams.items():
             x, c = split_global(to_embedding(s))                             # [n, N, e], [n, 1, e]
-            gt, details[f"{name}_text_gate"] = gate(x, t, *self._projs("txt_"))
-            gc, details[f"{name}_image_gate"] = gate(x, c, *self._projs(""))
-            fused.append(F.normalize((x + gt + gc) / 3, dim=-1))
+            terms = [x]
+            if t is not None:
+                gt, details[f"{name}_text_gate"] = gate(x, t, *self._projs("txt_")); terms.append(gt)
+            if "image" in self.gates:
+                gc, details[f"{name}_image_gate"] = gate(x, c, *self._projs("")); terms.append(gc)
+            fused.append(F.normalize(sum(terms) / len(terms), dim=-1))       # (X + G_t + G_c) / 3 in the full model
         out = self.proj(torch.cat(fused, dim=-1))                            # [n, N, D]
         return (out, details) if return_details else out
 
-# %% ../nbs/02_enhance.ipynb #c017
+# For ablations the module can leave parts out: `streams` drops the low/high layer-attention
+# streams (keeping LLaVA's selected layer alone), `gates` drops the text or the image gate (a
+# stream is then the mean of itself and the remaining gate). Left-out parts have no parameters.
+#
+# ## Worked example: shapes
+#
+# A CLIP-like input: 7 hidden states (6 layers) of 1 CLS + 16 patch tokens at width 48, a
+# 40-wide projection space, an LLM of width 64. Layer attention sees 3 low and 4 high layers;
+# the output has one token per patch (the CLS token became the image global vector).
+
+# %% ../nbs/02_enhance.ipynb #c016
 def max_rel_err(a: dict, b: dict) -> float:
     "Largest relative difference between matching tensors of `a` and `b` (norms floored at 1e-3 of the largest in `b`)."
     floor = 1e-3 * max(v.norm().item() for v in b.values())

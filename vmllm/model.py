@@ -37,8 +37,12 @@ class VmllmConfig(PretrainedConfig):
                  image_token_index: int | None = None, # id of the image token in the LLM vocabulary
                  mm_hidden_size: int | None = None, # vision width, if given it must match the encoder's
                  reference: dict | None = None, # what converting back to the released layout needs (vmllm.zoo)
+                 enhance_streams: list | None = None, # ablations: subset of ['low', 'high', 'select'] (default all)
+                 enhance_gates: list | None = None, # ablations: subset of ['text', 'image'] (default both)
                  **kwargs):
         self.reference = reference
+        self.enhance_streams = list(enhance_streams) if enhance_streams is not None else ["low", "high", "select"]
+        self.enhance_gates = list(enhance_gates) if enhance_gates is not None else ["text", "image"]
         self.text_config = _sub_config(text_config, "text_config")
         self.encoder_config = _sub_config(encoder_config, "encoder_config")
         self.mm_projector_type, self.enhance_impl, self.reference_quirks = mm_projector_type, enhance_impl, reference_quirks
@@ -101,8 +105,8 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
         config.validate()
         self.vision_tower = VisionTextEncoder(_model_from_config(config.encoder_config), config.reference_quirks)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.mm_projector = build_connector(config.mm_projector_type, self.vision_tower,
-                                            config.text_config.hidden_size, config.enhance_impl)
+        self.mm_projector = build_connector(config.mm_projector_type, self.vision_tower, config.text_config.hidden_size,
+                                            config.enhance_impl, tuple(config.enhance_streams), tuple(config.enhance_gates))
         self.post_init()
 
     def _init_weights(self, module):
@@ -243,7 +247,8 @@ def _from_parts(cls, encoder_model, # a loaded `CLIPModel`/`SiglipModel`
     model.vision_tower = VisionTextEncoder(encoder_model, cfg.reference_quirks)
     model.language_model = language_model
     model.mm_projector = build_connector(cfg.mm_projector_type, model.vision_tower, cfg.text_config.hidden_size,
-                                         cfg.enhance_impl).to(language_model.device)
+                                         cfg.enhance_impl, tuple(cfg.enhance_streams),
+                                         tuple(cfg.enhance_gates)).to(language_model.device)
     return model
 VmllmForCausalLM.from_parts = _from_parts
 

@@ -153,7 +153,8 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
     size = dict(image_size=m["image_size"], patch_size=m["patch_size"], encoder_layers=m["encoder_layers"],
                 encoder_width=m["encoder_width"], llm_width=m["llm_width"], llm_layers=m["llm_layers"])
     kw = dict(mm_projector_type=m["connector"], seed=cfg["seed"], tokenizers=toks, enhance_impl=m["enhance_impl"],
-              reference_quirks=m["reference_quirks"], **size)
+              reference_quirks=m["reference_quirks"], **size,
+              **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None})
     _, proc = tiny_vmllm(m["family"], **kw)
     encoder = None
     if 0 in cfg["stages"]:
