@@ -1,0 +1,45 @@
+"""`vmllm_chat` and `vmllm_eval` end to end on a saved tiny checkpoint."""
+import json, subprocess
+from pathlib import Path
+import pytest
+from PIL import Image
+from vmllm.model import tiny_vmllm
+
+def run(*args, stdin=""):
+    return subprocess.run(list(args), input=stdin, capture_output=True, text=True, timeout=300)
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    model, proc = tiny_vmllm()
+    model.save_pretrained(d / "model"); proc.save_pretrained(d / "model")
+    Image.new("RGB", (40, 30), "blue").save(d / "blue.png")
+    return d
+
+def test_chat_streams_two_turns_and_explains(ckpt):
+    r = run("vmllm_chat", "--model", str(ckpt / "model"), "--image", str(ckpt / "blue.png"), "--temperature", "0",
+            "--max_new_tokens", "5", "--explain", str(ckpt / "explain"), stdin="What colour is it?\nAre you sure?\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("ASSISTANT:") == 2
+    assert sorted(p.name for p in (ckpt / "explain").iterdir()) == ["turn1_gates.png", "turn1_layers.png",
+                                                                  "turn2_gates.png", "turn2_layers.png"]
+
+def test_chat_clear_errors(ckpt, tmp_path):
+    r = run("vmllm_chat", "--model", str(ckpt / "model"), "--image", str(tmp_path / "nope.png"))
+    assert r.returncode != 0 and "cannot read image" in r.stderr
+    (tmp_path / "half").mkdir(); (tmp_path / "half" / "config.json").write_text('{"model_type": "vmllm"}')
+    r = run("vmllm_chat", "--model", str(tmp_path / "half"))
+    assert r.returncode != 0 and "has no model.safetensors" in r.stderr
+
+def test_eval_scores_good_rows_and_skips_bad_ones(ckpt):
+    rows = [{"question_id": 1, "image": "blue.png", "text": "What colour?", "answer": "blue", "category": "colour"},
+            {"question_id": 2, "image": "blue.png", "text": "Colour?", "options": ["red", "blue"], "answer": "B", "category": "mc"}]
+    q = ckpt / "questions.jsonl"
+    q.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    r = run("vmllm_eval", "--model", str(ckpt / "model"), "--questions", str(q), "--image_folder", str(ckpt),
+            "--results_file", str(ckpt / "res.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((ckpt / "res.json").read_text())
+    assert (res["n"], res["answered"], res["skipped"], res["scored"]) == (3, 2, 1, 2)
+    assert "questions.jsonl row 3: not valid JSON" in r.stdout and "overall" in r.stdout
+    assert len((ckpt / "res.answers.jsonl").read_text().splitlines()) == 2
