@@ -29,9 +29,12 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['vmllm', 'vmllm.*']),
     include_package_data=True,
     install_requires=_list('requirements'),
-    extras_require={'dev': _list('dev_requirements')},
+    extras_require={'dev': _list('dev_requirements'),
+                    # lmms-eval needs torchvision, which pins one PyTorch build: an opt-in extra
+                    'lmms': _list('lmms_requirements')},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': _list('console_scripts'),
-                  'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+                  'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+                  'lmms_eval.models': ['vmllm = vmllm.lmms:manifest']},
 )
