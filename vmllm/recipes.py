@@ -107,7 +107,7 @@ def stage_config(cfg: dict, stage: int, world: int = 1) -> StageConfig:
     return StageConfig(stage=stage, seed=cfg.get("seed", 0), **s)
 
 # %% ../nbs/11_recipes.ipynb #c011
-def real_model(m: dict, accelerator=None) -> tuple:
+def real_model(m: dict) -> tuple:
     "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm`."
     if m.get("init"): return load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None)
     if not m.get("llm"): raise ValueError("no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH")
@@ -126,7 +126,8 @@ def real_model(m: dict, accelerator=None) -> tuple:
     model = VmllmForCausalLM.from_parts(encoder, llm, tok.convert_tokens_to_ids(IMAGE_TOKEN),
                                         mm_projector_type=m.get("connector", "vmllm"),
                                         enhance_impl=m.get("enhance_impl", "fast"),
-                                        reference_quirks=m.get("reference_quirks", True))
+                                        reference_quirks=m.get("reference_quirks", True),
+                                        **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None})
     proc = VmllmProcessor(tok, enc_tok, ip, model.tokens_per_image, family,
                           encoder.config.text_config.max_position_embeddings)
     return model, proc

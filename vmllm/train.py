@@ -4,9 +4,9 @@
 
 # %% ../nbs/10_train.ipynb #c003
 from __future__ import annotations
-import json, math, os, random, shutil, time
+import json, math, random, shutil, time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 import torch
 import torch.nn.functional as F
