@@ -16,7 +16,8 @@ from .connector import CONNECTORS, build_connector
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'diff_state_dicts', 'load_pretrained']
+__all__ = ['VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for', 'diff_state_dicts',
+           'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -231,9 +232,14 @@ def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
     torch.manual_seed(seed)
     model = VmllmForCausalLM(cfg).eval()
     if encoder_model is not None: model.vision_tower = VisionTextEncoder(encoder_model, cfg.reference_quirks)
-    proc = VmllmProcessor(tok, enc_tok, build_image_processor(enc_cfg), model.tokens_per_image, family,
-                          enc_cfg.text_config.max_position_embeddings)
-    return model, proc
+    return model, processor_for(enc_cfg, tok, enc_tok)
+
+def processor_for(encoder_config, tokenizer, encoder_tokenizer) -> VmllmProcessor:
+    "The processor of a model with this encoder config and these tokenizers (no model needed)."
+    vc = encoder_config.vision_config
+    return VmllmProcessor(tokenizer, encoder_tokenizer, build_image_processor(encoder_config),
+                          (vc.image_size // vc.patch_size) ** 2, family_of(encoder_config),
+                          encoder_config.text_config.max_position_embeddings)
 
 @classmethod
 def _from_parts(cls, encoder_model, # a loaded `CLIPModel`/`SiglipModel`

@@ -16,7 +16,7 @@ from .core import IMAGE_TOKEN
 from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, family_of,
                            load_encoder_model, load_image_processor, tiny_encoder_config)
 from .infer import heldout_accuracy
-from .model import VmllmForCausalLM, load_pretrained, tiny_vmllm
+from .model import VmllmForCausalLM, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .processor import VmllmProcessor
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
@@ -156,7 +156,6 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
     kw = dict(mm_projector_type=m["connector"], seed=cfg["seed"], tokenizers=toks, enhance_impl=m["enhance_impl"],
               reference_quirks=m["reference_quirks"], **size,
               **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None})
-    _, proc = tiny_vmllm(m["family"], **kw)
     encoder = None
     if 0 in cfg["stages"]:
         enc_dir = out / "stage0"
@@ -167,7 +166,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
             encoder = _model_from_config(tiny_encoder_config(m["family"], vocab_size=len(toks[1]), eos_token_id=toks[1].eos_token_id,
                                                              hidden_size=m["encoder_width"], num_layers=m["encoder_layers"],
                                                              image_size=m["image_size"], patch_size=m["patch_size"]))
-            losses = train_contrastive(encoder, proc, data["stage1"], data["image_folder"], seed=cfg["seed"],
+            losses = train_contrastive(encoder, processor_for(encoder.config, *toks), data["stage1"], data["image_folder"], seed=cfg["seed"],
                                        progress=progress and acc.is_main_process, **cfg["stage0"])
             if acc.is_main_process:
                 encoder.save_pretrained(enc_dir); (enc_dir / "losses.json").write_text(json.dumps(losses))
