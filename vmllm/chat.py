@@ -11,8 +11,8 @@ from fastcore.script import Param, call_parse
 from PIL import Image
 from transformers import TextStreamer
 from .core import IMAGE_TOKEN
-from .data import TEMPLATES, render_conversation
-from .infer import _open_image
+from .data import TEMPLATES
+from .infer import _open_image, build_prompt, with_image_placeholders
 
 # %% auto #0
 __all__ = ['open_image', 'Chat', 'explain_prediction', 'vmllm_chat']
@@ -51,11 +51,8 @@ class Chat:
 
     def inputs(self, question: str) -> dict:
         "Model inputs for the conversation so far plus `question` (the images go with the first turn)."
-        if not self.turns and self.images and IMAGE_TOKEN not in question:
-            question = IMAGE_TOKEN * len(self.images) + "\n" + question
-        turns = self.turns + [("human", question)]
-        text, _ = render_conversation(self.template, turns, self.processor.tokenizer, open_end=True)
-        prompt = "\n".join(t for r, t in turns if r == "human")
+        question = with_image_placeholders(question, len(self.images), self.turns)
+        text, prompt = build_prompt(question, self.processor, self.template, self.turns, n_images=0)
         batch = self.processor(text, images=self.images or None, prompts=prompt)
         n = batch["input_ids"].shape[1]
         if n + self.max_new_tokens > self.context:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from fastcore.script import Param, call_parse
 from .core import progress as progress_bar
-from .infer import _open_image, build_prompt, normalize_answer
+from .infer import _open_image, build_prompt, generate_replies, normalize_answer
 
 # %% auto #0
 __all__ = ['LETTERS', 'MC_INSTRUCTION', 'options_of', 'question_text', 'read_question_rows', 'extract_letter', 'is_correct',
@@ -94,21 +94,17 @@ def evaluate(model, processor, questions_file, image_folder=None, template: str 
     bar = progress_bar(total=len(rows), desc="evaluating", disable=not progress)
     for s in range(0, len(rows), batch_size):
         chunk = _load_images(rows[s:s + batch_size], image_folder, processor, skipped, name)
-        prompts = [build_prompt(question_text(r), processor, template, has_image="_image" in r) for r in chunk]
         keep = []
-        for r, (text, _) in zip(chunk, prompts):
-            n = len(processor.tokenize(text)[0])
+        for r in chunk:
+            prompt = build_prompt(question_text(r), processor, template, n_images=int("_image" in r))
+            n = len(processor.tokenize(prompt[0])[0])
             if n + max_new_tokens > context:
                 skipped.append(f"{name} row {r['row']}: prompt of {n} tokens does not fit the context of {context}")
-            else: keep.append((r, text, _))
+            else: keep.append((r, prompt))
         if keep:
-            batch = processor([t for _, t, _ in keep], images=[[r["_image"]] if "_image" in r else [] for r, _, _ in keep],
-                              prompts=[q for _, _, q in keep], padding_side="left")
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=processor.tokenizer.pad_token_id)
-            replies = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            for (r, text, _), reply in zip(keep, replies):
+            replies = generate_replies(model, processor, [p for _, p in keep],
+                                       [[r["_image"]] if "_image" in r else [] for r, _ in keep], max_new_tokens)
+            for (r, _), reply in zip(keep, replies):
                 ok = is_correct(r, reply.strip())
                 cat = str(r.get("category", "all"))
                 if ok is not None: per[cat].append(ok)

@@ -13,17 +13,21 @@ from .core import IMAGE_TOKEN, progress as progress_bar
 from .data import pad_to_square, render_conversation
 
 # %% auto #0
-__all__ = ['build_prompt', 'answer', 'normalize_answer', 'score', 'read_questions', 'heldout_accuracy']
+__all__ = ['with_image_placeholders', 'build_prompt', 'answer', 'generate_replies', 'normalize_answer', 'score', 'read_questions',
+           'heldout_accuracy']
 
 # %% ../nbs/09_infer.ipynb #c005
-def build_prompt(question: str, # the user's message; `<image>` is prepended when there is an image and no placeholder
+def with_image_placeholders(question: str, n_images: int, history: list | None = None) -> str:
+    "`question` with one `<image>` per image in front, unless the conversation already places them."
+    if n_images and not any(IMAGE_TOKEN in t for _, t in (history or [])) and IMAGE_TOKEN not in question:
+        return IMAGE_TOKEN * n_images + "\n" + question
+    return question
+
+def build_prompt(question: str, # the user's message; `<image>`s are prepended when the conversation has none
                  processor, template: str = "vicuna_v1", history: list | None = None, # earlier (role, text) turns
-                 has_image: bool = True) -> tuple[str, str]:
+                 n_images: int = 1) -> tuple[str, str]:
     "(LLM prompt ending in an open assistant turn, text-tower prompt: the human turns joined)."
-    turns = list(history or [])
-    n_placeholders = sum(t.count(IMAGE_TOKEN) for _, t in turns) + question.count(IMAGE_TOKEN)
-    if has_image and n_placeholders == 0: question = f"{IMAGE_TOKEN}\n{question}"
-    turns.append(("human", question))
+    turns = list(history or []) + [("human", with_image_placeholders(question, n_images, history))]
     text, _ = render_conversation(template, turns, processor.tokenizer, open_end=True)
     return text, "\n".join(t for r, t in turns if r == "human")
 
@@ -42,14 +46,21 @@ def answer(model, processor, items: list, # dicts with 'question' and optionally
     replies = []
     for s in progress_bar(range(0, len(items), batch_size), disable=not progress, desc="answering"):
         chunk = items[s:s + batch_size]
-        prompts = [build_prompt(it["question"], processor, template, has_image=it.get("image") is not None) for it in chunk]
         images = [[_open_image(it["image"], processor)] if it.get("image") is not None else [] for it in chunk]
-        batch = processor([p for p, _ in prompts], images=images, prompts=[q for _, q in prompts], padding_side="left")
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=processor.tokenizer.pad_token_id, **generate_kwargs)
-        replies += processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [r.strip() for r in replies]
+        prompts = [build_prompt(it["question"], processor, template, n_images=len(ims)) for it, ims in zip(chunk, images)]
+        replies += generate_replies(model, processor, prompts, images, max_new_tokens, **generate_kwargs)
+    return replies
+
+@torch.no_grad()
+def generate_replies(model, processor, prompts: list, # (LLM prompt, text-tower prompt) pairs from `build_prompt`
+                     images: list, # one list of PIL images per prompt
+                     max_new_tokens: int = 16, **generate_kwargs) -> list[str]:
+    "One batch of replies: left-padded, greedy unless `generate_kwargs` say otherwise."
+    batch = processor([p for p, _ in prompts], images=images, prompts=[q for _, q in prompts], padding_side="left")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    out = model.generate(**batch, **{**kw, **generate_kwargs})
+    return [r.strip() for r in processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
 
 # %% ../nbs/09_infer.ipynb #c007
 _NUMBERS = dict(zip("zero one two three four five six seven eight nine ten".split(), map(str, range(11))))

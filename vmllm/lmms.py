@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from .core import IMAGE_TOKEN
-from .data import render_conversation
+from .infer import build_prompt
 
 try:  # lmms-eval is optional: the class below only works when it is installed
     from lmms_eval.api.model import lmms as _LMMSBase
@@ -44,14 +43,8 @@ class VmllmLMMS(_LMMSBase):
     @property
     def device(self): return self._device
 
-    def _prompt(self, context: str, n_images: int) -> tuple[str, str]:
-        "(LLM prompt with an open assistant turn, text-tower prompt) for a task's context."
-        question = context if IMAGE_TOKEN in context or not n_images else IMAGE_TOKEN * n_images + "\n" + context
-        text, _ = render_conversation(self.conv_mode, [("human", question)], self.processor.tokenizer, open_end=True)
-        return text, question
-
     def _inputs(self, context: str, images: list, extra: str = "") -> dict:
-        text, prompt = self._prompt(context, len(images))
+        text, prompt = build_prompt(context, self.processor, self.conv_mode, n_images=len(images))
         b = self.processor(text + extra, images=images or None, prompts=prompt)
         return {k: v.to(self._device) for k, v in b.items()}
 

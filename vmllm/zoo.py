@@ -104,20 +104,18 @@ def inspect_checkpoint(path) -> dict:
             if not has(*f.split("|")): info["missing"].append(f)
         return info
     files = _weight_files(p)
-    if not cfg and files and all(n.startswith("model.mm_projector.") for f in files for n in tensor_names(f)):
-        info.update(kind="projector", connector=projector_type(n[19:] for f in files for n in tensor_names(f)))
-        info["notes"].append("stage-1 projector: needs an LLM (--llm) and a vision tower (--vision_tower)")
-        return info
-    if has("mm_projector.bin"):
-        names = tensor_names(p / "mm_projector.bin")
-        info.update(kind="projector", connector=projector_type(n[len("model.mm_projector."):] for n in names))
+    names = [n for f in files for n in tensor_names(f)]
+    prefix = "model.mm_projector."
+    proj_only = has("mm_projector.bin") or (not cfg and names and all(n.startswith(prefix) for n in names))
+    if proj_only:
+        if has("mm_projector.bin"): names = tensor_names(p / "mm_projector.bin")
+        info.update(kind="projector", connector=projector_type(n.split("mm_projector.", 1)[1] for n in names))
         info["notes"].append("stage-1 projector: needs an LLM (--llm) and a vision tower (--vision_tower)")
         return info
     if "mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava"):
         info.update(kind="reference", vision_tower=cfg.get("mm_vision_tower"))
         if not files: info["missing"].append("weights (model*.safetensors or pytorch_model*.bin)"); return info
-        names = [n for f in files for n in tensor_names(f)]
-        proj = [n[len("model.mm_projector."):] for n in names if n.startswith("model.mm_projector.")]
+        proj = [n[len(prefix):] for n in names if n.startswith(prefix)]
         if proj: info["connector"] = projector_type(proj)
         else: info["missing"].append("connector weights (model.mm_projector.*)")
         if not any(n.startswith("model.vision_tower.") for n in names):
