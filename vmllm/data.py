@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from .core import IGNORE_INDEX, IMAGE_TOKEN
-from .processor import VmllmProcessor, pad_rows
+from .processor import VmllmProcessor, pad_rows, text_tower_prompt
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'TEMPLATES', 'render_conversation', 'encode_conversation', 'pad_to_square',
-           'BadRow', 'LlavaDataset', 'Collator', 'ModalityLengthSampler', 'preflight']
+           'BadRow', 'images_to_front', 'LlavaDataset', 'Collator', 'ModalityLengthSampler', 'preflight']
 
 # %% ../nbs/07_data.ipynb #c006
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -26,7 +26,13 @@ LLAMA3_SYSTEM = ("You are a helpful language and vision assistant. You are able 
                  "that the user provides, and assist the user with a variety of tasks using natural language.")
 
 def _render_plain(turns, tok, open_end):
-    "Stage-1 captions: the image, then the caption."
+    "Stage-1 captions: the image, then the caption (the human text is dropped, as in LLaVA)."
+    if len(turns) > 2 or (len(turns) == 1 and not open_end):
+        raise ValueError(f"template 'plain' takes one (image, caption) pair but the row has {len(turns)} turns: "
+                         "use a chat template (vicuna_v1, llama3) for conversations")
+    if turns[0][1].count(IMAGE_TOKEN) != 1:
+        raise ValueError(f"template 'plain' takes exactly one image per row, found {turns[0][1].count(IMAGE_TOKEN)} "
+                         f"{IMAGE_TOKEN}: text-only rows belong to a chat template")
     text, spans = IMAGE_TOKEN, []
     if len(turns) > 1 or not open_end:
         reply = turns[1][1] + "\n"
@@ -38,23 +44,31 @@ def _render_vicuna(turns, tok, open_end):
     text, spans = VICUNA_SYSTEM + " ", []
     for role, msg in turns:
         if role == "human": text += f"USER: {msg} ASSISTANT:"
-        else:
-            reply = msg + tok.eos_token
-            text += " "; spans.append((len(text), len(text) + len(reply))); text += reply
+        else:  # the space after "ASSISTANT:" is learnt too: with SentencePiece it can be a token of its own
+            reply = " " + msg + tok.eos_token
+            spans.append((len(text), len(text) + len(reply))); text += reply
     return text, spans
 
-def _render_llama3(turns, tok, open_end):
-    "LLaVA-NeXT's `llama3` conversation."
+def _llama3(turns, tok, system: str, begin: str):
+    "A Llama-3 header conversation: `begin` + system turn, then user/assistant turns closed by `<|eot_id|>`."
     if tok.convert_tokens_to_ids("<|eot_id|>") in (None, tok.unk_token_id):
-        raise ValueError("template 'llama3' needs a tokenizer that knows <|eot_id|> (a Llama-3 tokenizer)")
+        raise ValueError("the llama3 templates need a tokenizer that knows <|eot_id|> (a Llama-3 tokenizer)")
     h = lambda role: f"<|start_header_id|>{role}<|end_header_id|>\n\n"
-    text, spans = h("system") + LLAMA3_SYSTEM + "<|eot_id|>", []
+    text, spans = begin + h("system") + system + "<|eot_id|>", []
     for role, msg in turns:
         if role == "human": text += h("user") + msg + "<|eot_id|>" + h("assistant")
         else:
             reply = msg + "<|eot_id|>"
             spans.append((len(text), len(text) + len(reply))); text += reply
     return text, spans
+
+def _render_llama3(turns, tok, open_end):
+    "The reference's `llama3` conversation: Vicuna's system prompt and `<|begin_of_text|>` in the text (two BOS ids)."
+    return _llama3(turns, tok, VICUNA_SYSTEM, "<|begin_of_text|>")
+
+def _render_llama3_next(turns, tok, open_end):
+    "LLaVA-NeXT's `llama3` conversation: its own system prompt, one BOS."
+    return _llama3(turns, tok, LLAMA3_SYSTEM, "")
 
 def _render_chat_template(turns, tok, open_end):
     "The tokenizer's chat template; a reply's span is what rendering it adds after the generation prompt."
@@ -71,7 +85,7 @@ def _render_chat_template(turns, tok, open_end):
     return (render(msgs, True) if open_end else render(msgs, False)), spans
 
 TEMPLATES = {"plain": _render_plain, "vicuna_v1": _render_vicuna, "llama3": _render_llama3,
-             "chat_template": _render_chat_template}
+             "llama3_next": _render_llama3_next, "chat_template": _render_chat_template}
 
 def render_conversation(template: str, # one of `TEMPLATES`
                         turns: list, # [(role, text)] with role 'human' or 'gpt', alternating, human first
@@ -82,11 +96,11 @@ def render_conversation(template: str, # one of `TEMPLATES`
     return TEMPLATES[template](turns, tokenizer, open_end)
 
 # %% ../nbs/07_data.ipynb #c009
-def _label_tokens(text: str, spans: list, tokenizer) -> tuple[list, list]:
+def _label_tokens(text: str, spans: list, processor: VmllmProcessor) -> tuple[list, list]:
     "Token ids of `text` and labels: the id where the token lies inside a span, else IGNORE_INDEX."
-    enc = tokenizer(text, return_offsets_mapping=True)
-    ids, labels = enc["input_ids"], []
-    for i, (a, b) in zip(ids, enc["offset_mapping"]):
+    ids, offsets = processor.encode(text)
+    labels = []
+    for i, (a, b) in zip(ids, offsets):
         inside = b > a and any(a < e and s < b for s, e in spans)  # overlap: "Ġred" starts at its space
         labels.append(i if inside else IGNORE_INDEX)
     return ids, labels
@@ -98,7 +112,7 @@ def encode_conversation(turns: list, processor: VmllmProcessor, template: str, m
     for keep in range(len(turns), 0, -2):
         if n_images(turns[:keep]) < n_images(turns): break  # never drop a turn that carries an image
         text, spans = render_conversation(template, turns[:keep], processor.tokenizer)
-        ids, labels = processor.expand_images(*_label_tokens(text, spans, processor.tokenizer))
+        ids, labels = processor.expand_images(*_label_tokens(text, spans, processor))
         if max_length is None or len(ids) <= max_length: return ids, labels, len(turns) - keep
     raise ValueError(f"too long: {len(ids)} tokens once every droppable turn is dropped, max_length {max_length}")
 
@@ -115,6 +129,12 @@ def pad_to_square(im: Image.Image, colour: tuple) -> Image.Image:
 # %% ../nbs/07_data.ipynb #c017
 class BadRow(ValueError):
     "A training row that cannot be used; the message names the row and the problem."
+
+def images_to_front(text: str) -> str:
+    "A turn with `<image>` rewritten as LLaVA does: the image(s) first, each followed by a newline, then the rest, stripped."
+    n = text.count(IMAGE_TOKEN)
+    if not n: return text
+    return ((IMAGE_TOKEN + "\n") * n + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
 def _read_rows(path: Path):
     "(rows or None, byte offsets or None) of a .json list or .jsonl file."
@@ -170,14 +190,19 @@ class LlavaDataset(Dataset):
             paths.append(p)
         return paths
 
-    def turns(self, i: int, row: dict, n_images: int) -> list:
-        "The row's turns as (role, text), with one `<image>` per image (prepended if the text has none)."
+    def raw_turns(self, i: int, row: dict) -> list:
+        "The row's turns as (role, text), as written, checked to alternate human/gpt."
         conv = row.get("conversations")
         if not conv: raise BadRow(f"row {i} (id {row.get('id')}) has no conversations")
         try: turns = [("human" if t["from"] in ("human", "user") else "gpt", t["value"]) for t in conv]
         except (KeyError, TypeError) as e: raise BadRow(f"row {i} (id {row.get('id')}): a turn lacks 'from' or 'value'") from e
         if turns[0][0] != "human" or any(a[0] == b[0] for a, b in zip(turns, turns[1:])):
             raise BadRow(f"row {i} (id {row.get('id')}): turns must alternate human/gpt, starting with human")
+        return turns
+
+    def turns(self, i: int, row: dict, n_images: int) -> list:
+        "The row's turns with one `<image>` per image, each at the front of its turn (prepended if the text has none)."
+        turns = [(r, images_to_front(t)) for r, t in self.raw_turns(i, row)]
         n_tokens = sum(t.count(IMAGE_TOKEN) for _, t in turns)
         if n_tokens == 0 and n_images: turns[0] = (turns[0][0], IMAGE_TOKEN * n_images + "\n" + turns[0][1]); n_tokens = n_images
         if n_tokens != n_images:
@@ -200,7 +225,7 @@ class LlavaDataset(Dataset):
         try: ids, labels, dropped = encode_conversation(turns, self.processor, self.template, self.max_length)
         except ValueError as e: raise BadRow(f"row {i} (id {row.get('id')}): {e}") from e
         images = [self.load_image(i, row, p) for p in paths]
-        prompt = "\n".join(t for r, t in turns if r == "human")
+        prompt = text_tower_prompt(self.raw_turns(i, row))
         return dict(index=i, id=row.get("id", i), input_ids=ids, labels=labels, images=images, prompt=prompt,
                     turns_dropped=dropped)
 

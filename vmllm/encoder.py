@@ -14,8 +14,9 @@ from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 from .core import require_files
 
 # %% auto #0
-__all__ = ['ENCODER_PRESETS', 'FAMILY_RULES', 'FamilyRule', 'family_of', 'encoder_config', 'tiny_encoder_config',
-           'load_encoder_model', 'EncoderOutput', 'VisionTextEncoder', 'build_image_processor', 'load_image_processor']
+__all__ = ['ENCODER_PRESETS', 'FAMILY_RULES', 'FamilyRule', 'text_input_rule', 'family_of', 'encoder_config',
+           'tiny_encoder_config', 'load_encoder_model', 'EncoderOutput', 'VisionTextEncoder', 'build_image_processor',
+           'load_image_processor']
 
 # %% ../nbs/01_encoder.ipynb #c006
 def _tower(hidden, layers, heads, inter, **kw): return dict(hidden_size=hidden, num_hidden_layers=layers,
@@ -48,17 +49,22 @@ class FamilyRule:
     select_layer: int # index of the LLaVA feature in the (possibly shortened) hidden states
     text_global_quirk: tuple # (source, number of text projections) as in the reference code
     text_global_clean: tuple # the cleaner option
-    text_padding: str # tokenizer padding for the prompt
-    text_mask: bool # pass the prompt's attention mask to the text tower
+    text_input_quirk: tuple # (tokenizer padding, pass the attention mask) for prompts, as in the reference code
+    text_input_clean: tuple # the cleaner option's
 
 FAMILY_RULES = {
     "clip": FamilyRule(CLIPModel, CLIPConfig, has_cls=True, project=True, drop_last_layer=False, select_layer=-2,
                        text_global_quirk=("pooled", 2), text_global_clean=("pooled", 1),
-                       text_padding="longest", text_mask=True),
+                       text_input_quirk=("longest", True), text_input_clean=("longest", True)),
     "siglip": FamilyRule(SiglipModel, SiglipConfig, has_cls=False, project=False, drop_last_layer=True, select_layer=-1,
                          text_global_quirk=("first", 0), text_global_clean=("pooled", 0),
-                         text_padding="max_length", text_mask=False),
+                         text_input_quirk=("longest", True), text_input_clean=("max_length", False)),
 }
+
+def text_input_rule(family: str, reference_quirks: bool = True) -> tuple:
+    "(tokenizer padding, pass the mask) for the text tower's prompts of `family`."
+    rule = FAMILY_RULES[family]
+    return rule.text_input_quirk if reference_quirks else rule.text_input_clean
 
 def family_of(config) -> str:
     "The encoder family ('clip' or 'siglip') of a `CLIPConfig`/`SiglipConfig` (or its dict)."
@@ -159,6 +165,8 @@ class VisionTextEncoder(nn.Module):
     @property
     def text_global_rule(self) -> tuple: return self.rule.text_global_quirk if self.reference_quirks else self.rule.text_global_clean
     @property
+    def text_input_rule(self) -> tuple: return text_input_rule(self.family, self.reference_quirks)
+    @property
     def num_patches(self) -> int: return (self.image_size // self.patch_size) ** 2
     @property
     def tokens_per_image(self) -> int: return self.num_patches  # the CLS token, if any, is dropped
@@ -183,7 +191,7 @@ class VisionTextEncoder(nn.Module):
                     attention_mask: Tensor | None = None) -> Tensor: # [B, e]
         "One global vector per prompt, by the family's rule (quirk or clean)."
         source, n_proj = self.text_global_rule
-        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask if self.rule.text_mask else None,
+        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask if self.text_input_rule[1] else None,
                                     output_hidden_states=source == "first")
         g = out.hidden_states[-1][:, 0] if source == "first" else out.pooler_output
         for _ in range(n_proj): g = self.model.text_projection(g)

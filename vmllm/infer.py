@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 from .core import IMAGE_TOKEN, progress as progress_bar
-from .data import pad_to_square, render_conversation
+from .data import images_to_front, pad_to_square, render_conversation
+from .processor import text_tower_prompt
 
 # %% auto #0
 __all__ = ['with_image_placeholders', 'build_prompt', 'answer', 'generate_replies', 'normalize_answer', 'score', 'read_questions',
@@ -20,16 +21,16 @@ __all__ = ['with_image_placeholders', 'build_prompt', 'answer', 'generate_replie
 def with_image_placeholders(question: str, n_images: int, history: list | None = None) -> str:
     "`question` with one `<image>` per image in front, unless the conversation already places them."
     if n_images and not any(IMAGE_TOKEN in t for _, t in (history or [])) and IMAGE_TOKEN not in question:
-        return IMAGE_TOKEN * n_images + "\n" + question
+        return (IMAGE_TOKEN + "\n") * n_images + question
     return question
 
 def build_prompt(question: str, # the user's message; `<image>`s are prepended when the conversation has none
                  processor, template: str = "vicuna_v1", history: list | None = None, # earlier (role, text) turns
                  n_images: int = 1) -> tuple[str, str]:
-    "(LLM prompt ending in an open assistant turn, text-tower prompt: the human turns joined)."
+    "(LLM prompt ending in an open assistant turn, text-tower prompt), both as training renders them."
     turns = list(history or []) + [("human", with_image_placeholders(question, n_images, history))]
-    text, _ = render_conversation(template, turns, processor.tokenizer, open_end=True)
-    return text, "\n".join(t for r, t in turns if r == "human")
+    text, _ = render_conversation(template, [(r, images_to_front(t)) for r, t in turns], processor.tokenizer, open_end=True)
+    return text, text_tower_prompt(turns)
 
 def _open_image(im, processor, pad_square: bool = True) -> Image.Image:
     "A PIL image (from an image or a path), RGB, padded to square as in training."

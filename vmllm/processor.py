@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BatchFeature
 from .core import IGNORE_INDEX, IMAGE_TOKEN, require_files
-from .encoder import FAMILY_RULES, build_image_processor, load_image_processor
+from .encoder import build_image_processor, load_image_processor, text_input_rule
 
 # %% auto #0
-__all__ = ['VmllmProcessor', 'pad_rows']
+__all__ = ['text_tower_prompt', 'encode_text', 'VmllmProcessor', 'pad_rows']
 
 # %% ../nbs/04_processor.ipynb #c005
 def _as_list(x) -> list: return [x] if isinstance(x, str) else list(x)
@@ -25,6 +25,31 @@ def _flatten_images(images, n_texts: int) -> list:
         return [im for per_text in images for im in per_text]
     return list(images)
 
+def text_tower_prompt(turns: list, # [(role, text)]: role 'human' or 'gpt', text as the data row has it
+                     ) -> str:
+    "What the text tower reads: every human turn, raw (`<image>` text kept), joined with nothing between, as the reference does."
+    return "".join(text for role, text in turns if role == "human")
+
+def encode_text(tokenizer, text: str, image_token: str = IMAGE_TOKEN, image_token_id: int | None = None,
+               ) -> tuple[list, list]:
+    """Token ids of `text` and each token's (start, end) characters in it. As in LLaVA, the text between images is
+    tokenised one chunk at a time and only the first chunk keeps its BOS, so a SentencePiece tokenizer starts each
+    chunk after an image with its word-boundary mark (`▁`)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"{type(tokenizer).__name__} gives no character offsets: vmllm needs a fast (tokenizers) tokenizer")
+    ids, offsets, start, strip_bos = [], [], 0, None
+    for k, chunk in enumerate(text.split(image_token)):
+        if k:                                                     # the image that separated this chunk from the last
+            ids.append(image_token_id); offsets.append((start - len(image_token), start))
+        enc = tokenizer(chunk, return_offsets_mapping=True)
+        chunk_ids, chunk_offsets = enc["input_ids"], enc["offset_mapping"]
+        if strip_bos is None: strip_bos = bool(chunk_ids) and chunk_ids[0] == tokenizer.bos_token_id
+        elif strip_bos: chunk_ids, chunk_offsets = chunk_ids[1:], chunk_offsets[1:]
+        ids += chunk_ids
+        offsets += [(start + a, start + b) for a, b in chunk_offsets]
+        start += len(chunk) + len(image_token)
+    return ids, offsets
+
 class VmllmProcessor:
     "Tokenizer, encoder tokenizer and image processor of a vmllm model, behind one call."
     config_name = "vmllm_processor.json"
@@ -34,9 +59,11 @@ class VmllmProcessor:
                  tokens_per_image: int, # visual tokens each image becomes
                  family: str, # encoder family: sets how prompts are padded
                  text_max_length: int, # the text tower's context; prompts are truncated to it
-                 image_token: str = IMAGE_TOKEN):
+                 image_token: str = IMAGE_TOKEN,
+                 reference_quirks: bool = True): # prompts padded as the reference pads them (see `text_input_rule`)
         self.tokenizer, self.encoder_tokenizer, self.image_processor = tokenizer, encoder_tokenizer, image_processor
         self.tokens_per_image, self.family, self.text_max_length = tokens_per_image, family, text_max_length
+        self.reference_quirks = reference_quirks
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -52,9 +79,13 @@ class VmllmProcessor:
             out_labels += [IGNORE_INDEX if i == self.image_token_id else l] * k
         return out_ids, out_labels
 
+    def encode(self, text: str) -> tuple[list, list]:
+        "Ids of `text` (one image token per `<image>`) and their character offsets, by `encode_text`."
+        return encode_text(self.tokenizer, text, self.image_token, self.image_token_id)
+
     def tokenize(self, text: str, answer: str | None = None) -> tuple[list, list]:
         "Ids of `text` (+ `answer` and EOS) with images expanded, and labels that keep only the answer."
-        ids = self.tokenizer(text).input_ids
+        ids = self.encode(text)[0]
         labels = [IGNORE_INDEX] * len(ids)
         if answer is not None:
             ans = self.tokenizer(answer, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
@@ -67,7 +98,8 @@ class VmllmProcessor:
 
     def prompt_inputs(self, prompts: list) -> dict:
         "Prompts tokenised for the text tower, padded and truncated by the family's rule."
-        enc = self.encoder_tokenizer(prompts, padding=FAMILY_RULES[self.family].text_padding, truncation=True,
+        padding, _ = text_input_rule(self.family, self.reference_quirks)
+        enc = self.encoder_tokenizer(prompts, padding=padding, truncation=True,
                                      max_length=self.text_max_length, return_tensors="pt")
         return {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"]}
 
@@ -78,7 +110,7 @@ class VmllmProcessor:
 
     def __call__(self, text, # one string or a list: the LLM input, with `<image>` where images go
                  images=None, # PIL images in order of appearance, flat or one list per text
-                 prompts=None, # text for the text tower (default: `text`); vMLLM uses the user turns
+                 prompts=None, # text for the text tower (default: `text`); vMLLM uses `text_tower_prompt(turns)`
                  answers=None, # targets for training: appended to `text`, the only labelled tokens
                  padding_side: str = "right", # 'left' for batched generation
                 ) -> BatchFeature:
@@ -106,7 +138,7 @@ class VmllmProcessor:
         self.encoder_tokenizer.save_pretrained(path / "encoder_tokenizer")
         self.image_processor.save_pretrained(path)
         cfg = dict(tokens_per_image=self.tokens_per_image, family=self.family, text_max_length=self.text_max_length,
-                   image_token=self.image_token)
+                   image_token=self.image_token, reference_quirks=self.reference_quirks)
         (path / self.config_name).write_text(json.dumps(cfg, indent=2))
 
     @classmethod
