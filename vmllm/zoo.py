@@ -18,10 +18,10 @@ from .model import VmllmConfig, VmllmForCausalLM, diff_state_dicts
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['WEIGHT_FILES', 'TOKENIZER_FILES', 'load_tensors', 'tensor_names', 'read_state_dict', 'rename', 'projector_type',
-           'inspect_checkpoint', 'save_tower_dir', 'reference_state_dict', 'save_sharded', 'load_reference', 'load_any',
-           'load_projector', 'load_lora', 'to_vmllm', 'to_reference', 'write_reference_dir', 'describe',
-           'vmllm_convert']
+__all__ = ['WEIGHT_FILES', 'TOKENIZER_FILES', 'load_tensors', 'tensor_names', 'read_state_dict', 'rename', 'reference_names',
+           'to_our_names', 'projector_type', 'inspect_checkpoint', 'save_tower_dir', 'reference_state_dict',
+           'save_sharded', 'load_reference', 'load_any', 'load_projector', 'load_lora', 'to_vmllm', 'to_reference',
+           'write_reference_dir', 'describe', 'vmllm_convert']
 
 # %% ../nbs/12_zoo.ipynb #c006
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
@@ -60,18 +60,30 @@ def read_state_dict(path) -> dict:
 # %% ../nbs/12_zoo.ipynb #c008
 def _prefixes(family: str) -> list[tuple[str, str]]:
     "(our prefix, reference prefix) pairs, most specific first."
-    tower = ([("vision_tower.model.", "model.vision_tower.clip_model.")] if family == "clip" else
-             [("vision_tower.model.vision_model.", "model.vision_tower.vision_tower.vision_model."),
-              ("vision_tower.model.text_model.", "model.vision_tower.text_tower.text_model.")])
+    tower = [("vision_tower.model.vision_model.", "model.vision_tower.vision_tower.vision_model."),
+             ("vision_tower.model.text_model.", "model.vision_tower.text_tower.text_model.")]
+    if family == "clip": tower.append(("vision_tower.model.", "model.vision_tower.clip_model."))
     return tower + [("mm_projector.", "model.mm_projector."), ("language_model.lm_head.", "lm_head."),
                     ("language_model.model.", "model.")]
 
 def rename(name: str, family: str, to_reference: bool) -> str | None:
-    "A tensor name in the other layout, or None if that layout has no such tensor."
+    "A tensor name in the other layout (the copy the reference computes with), or None if that layout has no such tensor."
     for ours, ref in _prefixes(family):
         src, dst = (ours, ref) if to_reference else (ref, ours)
         if name.startswith(src): return dst + name[len(src):]
     return None
+
+def reference_names(name: str, family: str) -> list[str]:
+    "Every name our tensor `name` has in the reference layout (a CLIP tower tensor has two)."
+    return [ref + name[len(ours):] for ours, ref in _prefixes(family) if name.startswith(ours)]
+
+def to_our_names(sd: dict, family: str) -> dict:
+    "A reference state dict under our names; where the reference holds a tensor twice, the copy it computes with wins."
+    out = {}
+    for k in sorted(sd, key=lambda k: rename(rename(k, family, False) or "", family, True) == k):  # used copies last
+        name = rename(k, family, to_reference=False)
+        if name is not None: out[name] = sd[k]
+    return out
 
 # %% ../nbs/12_zoo.ipynb #c011
 def projector_type(names) -> str:
@@ -152,10 +164,9 @@ def reference_state_dict(model, include_tower: bool = True, vocab_size: int | No
     family, out = model.vision_tower.family, {}
     for k, v in model.state_dict().items():
         if k.startswith("vision_tower.") and not include_tower: continue
-        name = rename(k, family, to_reference=True)
-        if name is None: continue
-        if vocab_size is not None and name in ("model.embed_tokens.weight", "lm_head.weight"): v = v[:vocab_size]
-        out[name] = v.contiguous()
+        for copy, name in enumerate(reference_names(k, family)):
+            if vocab_size is not None and name in ("model.embed_tokens.weight", "lm_head.weight"): v = v[:vocab_size]
+            out[name] = v.clone() if copy else v.contiguous()  # safetensors stores no shared memory
     return out
 
 def save_sharded(sd: dict, path, max_tensors: int = 0, fmt: str = "safetensors") -> list[str]:
@@ -226,8 +237,7 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     torch.set_default_dtype(dtype if dtype.is_floating_point else old)
     try: model = VmllmForCausalLM(vcfg)
     finally: torch.set_default_dtype(old)
-    ours = {rename(k, family, to_reference=False): v for k, v in sd.items()}
-    ours.pop(None, None)
+    ours = to_our_names(sd, family)
     if not tower_sd: ours.update({f"vision_tower.model.{k}": v for k, v in encoder.state_dict().items()
                                   if f"vision_tower.model.{k}" in model.state_dict()})
     for k in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):  # rows for <image>
