@@ -10,7 +10,7 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'default_corpus', 'build_tokenizer', 'tiny_llm_config',
-           'require_files', 'progress']
+           'require_files', 'load_llm_tokenizer', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
@@ -74,6 +74,64 @@ def require_files(path, # a local directory
         if not any((p / o).exists() for o in options):
             raise FileNotFoundError(f"{what} directory {p} has no {' or '.join(options)}")
     return p
+
+# %% ../nbs/00_core.ipynb #c017b
+import json, logging
+
+def _spm_bpe_tokenizer(model_file: Path):
+    "A `tokenizers.Tokenizer` equal to the slow `LlamaTokenizer(legacy=False)` on a SentencePiece BPE model, and its proto."
+    from sentencepiece import sentencepiece_model_pb2 as pb2
+    from tokenizers import AddedToken, Regex, normalizers
+    from tokenizers.models import BPE
+    proto = pb2.ModelProto(); proto.ParseFromString(Path(model_file).read_bytes())
+    if proto.trainer_spec.model_type != pb2.TrainerSpec.BPE:
+        raise ValueError(f"{model_file} is a SentencePiece {pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)} model; "
+                         "vmllm rebuilds only BPE models (Llama-2, Vicuna)")
+    pieces = list(proto.pieces)
+    vocab = {p.piece: i for i, p in enumerate(pieces)}
+    normal = {p.piece: (p.score, i) for i, p in enumerate(pieces) if p.type == pb2.ModelProto.SentencePiece.NORMAL}
+    ranked = sorted((-score, idx, normal[tok[:k]][1], normal[tok[k:]][1], tok[:k], tok[k:])
+                    for tok, (score, idx) in normal.items() for k in range(1, len(tok))
+                    if tok[:k] in normal and tok[k:] in normal)      # higher score merges first
+    ts = proto.trainer_spec
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[(r[4], r[5]) for r in ranked], unk_token=pieces[ts.unk_id].piece,
+                              fuse_unk=True, byte_fallback=ts.byte_fallback))
+    tk.normalizer = normalizers.Sequence([normalizers.Replace(" ", "\u2581"), normalizers.Replace(Regex("\\A\u2581"), "\u2581\u2581")])
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(content=" ", left=1)])
+    bos = pieces[ts.bos_id].piece
+    tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                                      special_tokens=[(bos, ts.bos_id)])
+    kind = pb2.ModelProto.SentencePiece
+    tk.add_special_tokens([AddedToken(p.piece, normalized=True, special=True) for p in pieces if p.type in (kind.UNKNOWN, kind.CONTROL)])
+    tk.add_tokens([AddedToken(p.piece, normalized=True) for p in pieces if p.type == kind.USER_DEFINED])  # matched anywhere, as SentencePiece does
+    return tk, proto
+
+def load_llm_tokenizer(path, # a local checkpoint or tokenizer directory
+                       **kwargs) -> PreTrainedTokenizerFast:
+    "The LLM tokenizer of `path`, tokenising as the model was trained (see above); no hub access."
+    from transformers import AutoTokenizer
+    path = Path(path)
+    cfg_file = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+    if not str(cfg.get("tokenizer_class", "")).startswith("LlamaTokenizer"):
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+    if (path / "tokenizer.model").is_file() and cfg.get("legacy") is False:
+        tk, proto = _spm_bpe_tokenizer(path / "tokenizer.model")
+        ts, name = proto.trainer_spec, lambda i: proto.pieces[i].piece
+        opts = dict(bos_token=name(ts.bos_id), eos_token=name(ts.eos_id), unk_token=name(ts.unk_id),
+                    model_max_length=cfg.get("model_max_length", 4096), padding_side=cfg.get("padding_side", "right"),
+                    clean_up_tokenization_spaces=cfg.get("clean_up_tokenization_spaces", False))
+        if cfg.get("chat_template"): opts["chat_template"] = cfg["chat_template"]
+        return PreTrainedTokenizerFast(tokenizer_object=tk, **{**opts, **kwargs})
+    if (path / "tokenizer.json").is_file():  # the pipeline the file describes, not transformers 5's rebuilt one
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True, **kwargs)
+    logging.getLogger(__name__).warning(
+        "%s: a SentencePiece Llama tokenizer with legacy=%s and no tokenizer.json: transformers 5 may tokenise it "
+        "differently from the slow tokenizer it was trained with. Save a tokenizer.json made with the original "
+        "tokenizer (transformers<5: tokenizer.save_pretrained) to be sure.", path, cfg.get("legacy"))
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
 
 # %% ../nbs/00_core.ipynb #c019
 import sys

@@ -43,32 +43,38 @@ def _render_vicuna(turns, tok, open_end):
     "LLaVA's `vicuna_v1` conversation: roles USER/ASSISTANT, replies closed by EOS."
     text, spans = VICUNA_SYSTEM + " ", []
     for role, msg in turns:
-        if role == "human": text += f"USER: {msg} ASSISTANT:"
-        else:  # the space after "ASSISTANT:" is learnt too: with SentencePiece it can be a token of its own
-            reply = " " + msg + tok.eos_token
+        if role == "human": text += f"USER: {msg} " if msg else "USER:"  # an empty message renders as its bare role
+        else:
+            text += "ASSISTANT:"
+            if not msg: continue
+            reply = " " + msg + tok.eos_token  # the space is learnt too: with SentencePiece it can be a token of its own
             spans.append((len(text), len(text) + len(reply))); text += reply
+    if open_end: text += "ASSISTANT:"
     return text, spans
 
-def _llama3(turns, tok, system: str, begin: str):
+def _llama3(turns, tok, open_end: bool, system: str, begin: str):
     "A Llama-3 header conversation: `begin` + system turn, then user/assistant turns closed by `<|eot_id|>`."
     if tok.convert_tokens_to_ids("<|eot_id|>") in (None, tok.unk_token_id):
         raise ValueError("the llama3 templates need a tokenizer that knows <|eot_id|> (a Llama-3 tokenizer)")
     h = lambda role: f"<|start_header_id|>{role}<|end_header_id|>\n\n"
     text, spans = begin + h("system") + system + "<|eot_id|>", []
     for role, msg in turns:
-        if role == "human": text += h("user") + msg + "<|eot_id|>" + h("assistant")
+        text += h("user" if role == "human" else "assistant")
+        if not msg: continue  # an empty message renders as its bare header
+        if role == "human": text += msg + "<|eot_id|>"
         else:
             reply = msg + "<|eot_id|>"
             spans.append((len(text), len(text) + len(reply))); text += reply
+    if open_end: text += h("assistant")
     return text, spans
 
 def _render_llama3(turns, tok, open_end):
     "The reference's `llama3` conversation: Vicuna's system prompt and `<|begin_of_text|>` in the text (two BOS ids)."
-    return _llama3(turns, tok, VICUNA_SYSTEM, "<|begin_of_text|>")
+    return _llama3(turns, tok, open_end, VICUNA_SYSTEM, "<|begin_of_text|>")
 
 def _render_llama3_next(turns, tok, open_end):
     "LLaVA-NeXT's `llama3` conversation: its own system prompt, one BOS."
-    return _llama3(turns, tok, LLAMA3_SYSTEM, "")
+    return _llama3(turns, tok, open_end, LLAMA3_SYSTEM, "")
 
 def _render_chat_template(turns, tok, open_end):
     "The tokenizer's chat template; a reply's span is what rendering it adds after the generation prompt."
@@ -101,7 +107,7 @@ def _label_tokens(text: str, spans: list, processor: VmllmProcessor) -> tuple[li
     ids, offsets = processor.encode(text)
     labels = []
     for i, (a, b) in zip(ids, offsets):
-        inside = b > a and any(a < e and s < b for s, e in spans)  # overlap: "Ġred" starts at its space
+        inside = b > a and any(s <= a and b <= e for s, e in spans)  # a token that straddles a span's edge is not learnt
         labels.append(i if inside else IGNORE_INDEX)
     return ids, labels
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BatchFeature
-from .core import IGNORE_INDEX, IMAGE_TOKEN, require_files
+from .core import IGNORE_INDEX, IMAGE_TOKEN, load_llm_tokenizer, require_files
 from .encoder import build_image_processor, load_image_processor, text_input_rule
 
 # %% auto #0
@@ -147,7 +147,7 @@ class VmllmProcessor:
         path = require_files(path, cls.config_name, "tokenizer_config.json", "encoder_tokenizer/tokenizer_config.json",
                              "preprocessor_config.json", what="processor")
         cfg = json.loads((path / cls.config_name).read_text())
-        return cls(AutoTokenizer.from_pretrained(path, local_files_only=True),
+        return cls(load_llm_tokenizer(path),
                    AutoTokenizer.from_pretrained(path / "encoder_tokenizer", local_files_only=True),
                    load_image_processor(path, cfg["family"]), **cfg)
 

@@ -12,7 +12,7 @@ import yaml
 from accelerate import Accelerator
 from fastcore.script import call_parse
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from .core import IMAGE_TOKEN
+from .core import IMAGE_TOKEN, load_llm_tokenizer
 from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, family_of,
                            load_encoder_model, load_image_processor, tiny_encoder_config)
 from .infer import heldout_accuracy
@@ -115,7 +115,7 @@ def real_model(m: dict) -> tuple:
     encoder = load_encoder_model(m["vision_tower"])
     family = family_of(encoder.config)
     llm = AutoModelForCausalLM.from_pretrained(m["llm"], local_files_only=True, dtype=torch.bfloat16)
-    tok = AutoTokenizer.from_pretrained(m["llm"], local_files_only=True)
+    tok = load_llm_tokenizer(m["llm"])
     if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
     if IMAGE_TOKEN not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
-from .core import IMAGE_TOKEN, require_files
+from .core import IMAGE_TOKEN, load_llm_tokenizer, require_files
 from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, encoder_config,
                            family_of, load_encoder_model, load_image_processor)
 from .model import VmllmConfig, VmllmForCausalLM, diff_state_dicts
@@ -223,7 +223,7 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     if tower_dir is None and not (p / "encoder_tokenizer").exists():
         raise FileNotFoundError(f"{p}: the text tower's tokenizer is not in the checkpoint: pass --vision_tower PATH "
                                 f"(a local copy of {cfg.get('mm_vision_tower')})")
-    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    tok = load_llm_tokenizer(p)
     if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
     ref_vocab = cfg["vocab_size"]
     if IMAGE_TOKEN not in tok.get_vocab(): tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
