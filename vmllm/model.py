@@ -123,7 +123,7 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
             cfg = json.loads((p / "config.json").read_text())
             if cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava")):
                 from vmllm.zoo import load_reference
-                return load_reference(p, vision_tower)[0]
+                return load_reference(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def get_input_embeddings(self): return self.language_model.get_input_embeddings()

@@ -208,7 +208,9 @@ def _tower_for(cfg: dict, vision_tower, tower_sd: dict, source: Path):
 
 def load_reference(path, # a released (LLaVA-layout) SFT directory
                    vision_tower=None, # local CLIP/SigLIP directory; needed when the checkpoint has no tower weights
-                   reference_quirks: bool = True) -> tuple[VmllmForCausalLM, VmllmProcessor]:
+                   reference_quirks: bool = True,
+                   dtype=None, # e.g. torch.bfloat16; default: the dtype of the checkpoint's LLM weights
+                  ) -> tuple[VmllmForCausalLM, VmllmProcessor]:
     "Model and processor from a released checkpoint directory."
     p = require_files(path, "config.json", what="checkpoint")
     cfg = json.loads((p / "config.json").read_text())
@@ -232,7 +234,7 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     vcfg = VmllmConfig(text_config=text_cfg, encoder_config=encoder.config, mm_projector_type=kind,
                        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), reference_quirks=reference_quirks,
                        reference=dict(config=cfg, vocab_size=ref_vocab, has_tower=bool(tower_sd)))
-    dtype = next(iter(sd.values())).dtype
+    if dtype is None: dtype = sd.get("model.embed_tokens.weight", next(iter(sd.values()))).dtype
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype if dtype.is_floating_point else old)
     try: model = VmllmForCausalLM(vcfg)
@@ -248,6 +250,7 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     missing = [k for k in model.state_dict() if k not in ours and not k.startswith("vision_tower.model.logit_")]
     if missing: raise ValueError(f"{p} lacks tensors the config needs: {', '.join(missing[:8])}")
     model.load_state_dict(ours, strict=False)
+    if dtype.is_floating_point: model = model.to(dtype)  # one dtype throughout: sub-models may be built in their config's
     enc_tok = AutoTokenizer.from_pretrained(tower_dir or p / "encoder_tokenizer", local_files_only=True)
     ip = load_image_processor(tower_dir, family) if tower_dir and (tower_dir / "preprocessor_config.json").exists() \
         else build_image_processor(encoder.config)
