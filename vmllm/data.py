@@ -169,6 +169,7 @@ class LlavaDataset(Dataset):
         if self.image_folder is not None and not self.image_folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_folder}")
         if template not in TEMPLATES: raise ValueError(f"unknown template {template!r}: use one of {list(TEMPLATES)}")
+        render_conversation(template, [("human", IMAGE_TOKEN), ("gpt", "ok")], processor.tokenizer)  # a template/tokenizer mismatch fails here, not per row
         self.processor, self.template, self.max_length, self.strict, self.pad_square = processor, template, max_length, strict, pad_square
         self.rows, self.offsets = _read_rows(self.path)
 
