@@ -20,10 +20,12 @@ from .model import VmllmForCausalLM, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .processor import VmllmProcessor
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
-from .train import StageConfig, train_contrastive, train_language_model, train_stage
+from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, changed_settings, train_contrastive, train_language_model,
+                         train_stage)
 
 # %% auto #0
-__all__ = ['PRESETS', 'merge', 'parse_sets', 'resolve', 'stage_config', 'real_model', 'run_toy_model', 'run', 'vmllm_train']
+__all__ = ['PRESETS', 'RUN_SAFE_TO_CHANGE', 'merge', 'parse_sets', 'resolve', 'check_stage_options', 'stage_config', 'real_model',
+           'run_toy_model', 'check_resume_config', 'finished', 'run', 'vmllm_train']
 
 # %% ../nbs/11_recipes.ipynb #c006
 def _paper_preset(name: str) -> dict:
@@ -44,8 +46,8 @@ PRESETS["toy"] = dict(
     toy_data=dict(n_stage1=3000, n_stage2=6000, n_heldout=300, image_size=64),
     stage0=dict(steps=300, batch_size=64, lr=1e-3),
     stage0_llm=dict(steps=300, batch_size=64, lr=1e-3),
-    stage1=dict(template="plain", lr=2e-3, epochs=2.0, global_batch=32, batch_size=32, max_length=512),
-    stage2=dict(template="vicuna_v1", lr=1e-3, epochs=5.0, global_batch=32, batch_size=32, max_length=512),
+    stage1=dict(template="plain", lr=2e-3, epochs=2.0, global_batch=32, batch_size=32, max_length=512, save_every=100),
+    stage2=dict(template="vicuna_v1", lr=1e-3, epochs=5.0, global_batch=32, batch_size=32, max_length=512, save_every=200),
 )
 
 # %% ../nbs/11_recipes.ipynb #c008
@@ -88,11 +90,15 @@ def resolve(preset: str = "toy", config_file=None, overrides: dict | None = None
 
 _STAGE_FIELDS = {f.name for f in fields(StageConfig)}
 
+def check_stage_options(cfg: dict, stage: int):
+    "Unknown options of a stage section fail at once, naming the valid ones."
+    unknown = set(cfg.get(f"stage{stage}") or {}) - _STAGE_FIELDS - {"global_batch"}
+    if unknown: raise ValueError(f"stage{stage}: unknown option(s) {sorted(unknown)}; options: {sorted(_STAGE_FIELDS)}")
+
 def stage_config(cfg: dict, stage: int, world: int = 1) -> StageConfig:
     "The `StageConfig` of `stage`, with gradient accumulation derived from the global batch."
+    check_stage_options(cfg, stage)
     s = dict(cfg[f"stage{stage}"])
-    unknown = set(s) - _STAGE_FIELDS - {"global_batch"}
-    if unknown: raise ValueError(f"stage{stage}: unknown option(s) {sorted(unknown)}; options: {sorted(_STAGE_FIELDS)}")
     for key in ("data",) + (("image_folder",) if cfg.get("preset") != "toy" else ()):
         flag = f"--stage{stage}_{'data' if key == 'data' else 'images'}"
         if not s.get(key): raise ValueError(f"stage{stage}.{key} is not set: pass {flag} (or set it in the YAML file)")
@@ -151,6 +157,13 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
                 stage2=str(data_dir / "stage2.json"), heldout=str(data_dir / "heldout.jsonl"))
     toks = toy_tokenizers(data)
     m = cfg["model"]
+    for stage in (1, 2):
+        for key, split in (("data", f"stage{stage}"), ("image_folder", "image_folder")):
+            cfg[f"stage{stage}"].setdefault(key, data[split])
+    cfg["heldout"] = dict(questions=data["heldout"], image_folder=data["image_folder"])
+    if m.get("init"):  # a model to start from: no stage 0
+        if acc.is_main_process: print(f"starting from {m['init']}; stage 0 skipped")
+        return load_any(m["init"])
     size = dict(image_size=m["image_size"], patch_size=m["patch_size"], encoder_layers=m["encoder_layers"],
                 encoder_width=m["encoder_width"], llm_width=m["llm_width"], llm_layers=m["llm_layers"])
     kw = dict(mm_projector_type=m["connector"], seed=cfg["seed"], tokenizers=toks, enhance_impl=m["enhance_impl"],
@@ -169,7 +182,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
             losses = train_contrastive(encoder, processor_for(encoder.config, *toks), data["stage1"], data["image_folder"], seed=cfg["seed"],
                                        progress=progress and acc.is_main_process, **cfg["stage0"])
             if acc.is_main_process:
-                encoder.save_pretrained(enc_dir); (enc_dir / "losses.json").write_text(json.dumps(losses))
+                with atomic_dir(enc_dir) as tmp: encoder.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
                 print(f"stage 0: contrastive loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
     model, proc = tiny_vmllm(m["family"], encoder_model=encoder, **kw)
     if 0 in cfg["stages"]:
@@ -181,18 +194,33 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
             losses = train_language_model(model.language_model, toks[0], toy_corpus(data), seed=cfg["seed"],
                                           progress=progress and acc.is_main_process, **lm_cfg)
             if acc.is_main_process:
-                model.language_model.save_pretrained(lm_dir); (lm_dir / "losses.json").write_text(json.dumps(losses))
+                with atomic_dir(lm_dir) as tmp: model.language_model.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
                 print(f"stage 0: LLM loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
-    for stage in (1, 2):
-        for key, split in (("data", f"stage{stage}"), ("image_folder", "image_folder")):
-            cfg[f"stage{stage}"].setdefault(key, data[split])
-    cfg["heldout"] = dict(questions=data["heldout"], image_folder=data["image_folder"])
     return model, proc
+
+RUN_SAFE_TO_CHANGE = SAFE_TO_CHANGE + ("output_dir", "stages")
+
+def check_resume_config(out: Path, cfg: dict):
+    "Refuse to resume a run with other settings than it was started with (those in `RUN_SAFE_TO_CHANGE` may change)."
+    f = out / "run_config.yaml"
+    if not f.exists(): return
+    old = yaml.safe_load(f.read_text()) or {}
+    old.pop("heldout", None)
+    changed = changed_settings(old, {k: v for k, v in cfg.items() if k != "heldout"}, RUN_SAFE_TO_CHANGE)
+    if changed: raise ValueError(f"cannot resume {out}: it was started with other settings ({'; '.join(changed)}). Resume with the "
+                                 f"original ones, or use a new --output_dir. Safe to change: {', '.join(RUN_SAFE_TO_CHANGE)}")
+
+def finished(final: Path) -> bool:
+    "A stage's final model folder is complete (it is written atomically; this also rejects a partial one from older versions)."
+    return (final / "config.json").exists() and (final / "vmllm_processor.json").exists() and \
+        any((final / w).exists() for w in ("model.safetensors", "model.safetensors.index.json"))
 
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe; returns a summary (per stage, and held-out accuracy for the toy)."
     acc = _accelerator(cfg)
     out = Path(cfg["output_dir"]); out.mkdir(parents=True, exist_ok=True)
+    for stage in (1, 2): check_stage_options(cfg, stage)  # before any data or model work
+    if resume: check_resume_config(out, cfg)
     t0 = time.perf_counter()
     if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress)
     else: model, proc = real_model(cfg["model"])
@@ -204,7 +232,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         if stage not in cfg["stages"]: continue
         sc = stage_config(cfg, stage, acc.num_processes)
         final = out / f"stage{stage}" / "final"
-        if resume and (final / "config.json").exists():
+        if resume and finished(final):
             model, proc = load_pretrained(final); summary["stages"][stage] = dict(loaded=str(final)); continue
         r = train_stage(model, proc, sc, out / f"stage{stage}", resume=resume, accelerator=acc, progress=progress)
         model = acc.unwrap_model(model)

@@ -4,23 +4,29 @@
 
 # %% ../nbs/10_train.ipynb #c003
 from __future__ import annotations
-import json, math, random, shutil, time
-from contextlib import nullcontext
+import hashlib, json, math, os, random, shutil, signal, time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 from .core import IGNORE_INDEX, progress as progress_bar
+from .encoder import text_input_rule
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 
 # %% auto #0
-__all__ = ['MODEL_KEYS', 'STATE_FILE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'token_loss_sum', 'n_targets',
-           'NonFiniteLoss', 'latest_checkpoint', 'save_checkpoint', 'plot_history', 'train_stage', 'caption_pairs',
-           'train_contrastive', 'train_language_model']
+__all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora',
+           'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'CheckpointWriteError', 'atomic_dir', 'latest_checkpoint',
+           'trainable_state', 'save_optimizer', 'load_optimizer', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'prepare_for_stage',
+           'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step', 'record_step', 'save_final', 'train_stage',
+           'caption_pairs', 'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -92,27 +98,142 @@ class NonFiniteLoss(RuntimeError):
 
 # %% ../nbs/10_train.ipynb #c012
 STATE_FILE = "trainer_state.json"
+SAFE_TO_CHANGE = ("save_every", "keep_checkpoints", "num_workers", "preflight_rows", "strict", "data", "image_folder")
+
+class CheckpointWriteError(OSError):
+    "A checkpoint or model folder could not be written; the message says where, why and how much space is left."
+
+def _kill_point(point: str):
+    "Fault injection for the crash tests: `VMLLM_KILL_AT=<point>` kills the process (SIGKILL) when it reaches `point`."
+    if os.environ.get("VMLLM_KILL_AT") == point: os.kill(os.getpid(), signal.SIGKILL)
+
+def _write_failed(tmp: Path, path: Path, e: Exception) -> CheckpointWriteError:
+    "Remove a partial folder and explain the failure."
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(path.parent).free / 2**20
+    return CheckpointWriteError(f"could not write {path}: {e.__class__.__name__}: {e} ({free:.0f} MiB free on that disk); "
+                                "the partial copy was removed and earlier checkpoints are untouched")
+
+def _publish(tmp: Path, path: Path):
+    "Put a complete folder in place of `path` (an older `path` is replaced)."
+    if path.exists():
+        old = path.with_name(f".old-{path.name}"); shutil.rmtree(old, ignore_errors=True)
+        path.rename(old); tmp.rename(path); shutil.rmtree(old)
+    else: tmp.rename(path)
+
+@contextmanager
+def atomic_dir(path):
+    "Write a folder under a temporary name; it appears at `path` only once the block has completed."
+    path = Path(path); tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    try: yield tmp
+    except (OSError, RuntimeError, SafetensorError) as e: raise _write_failed(tmp, path, e) from e
+    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
+    _publish(tmp, path)
 
 def latest_checkpoint(output_dir) -> Path | None:
     "The newest complete `checkpoint-N` folder of a run, if any."
     ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name[11:].isdigit()]
     return max(ckpts, key=lambda p: int(p.name[11:]), default=None)
 
-def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, keep: int = 2) -> Path:
-    "Write a checkpoint atomically and prune old ones; returns its folder."
-    final = output_dir / f"checkpoint-{state['step']}"
-    tmp = output_dir / f".tmp-checkpoint-{state['step']}"
-    if acc.is_main_process and tmp.exists(): shutil.rmtree(tmp)
+def trainable_state(model) -> dict:
+    "The tensors training changes (the parameters that require grad)."
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+def save_optimizer(opt, folder: Path):
+    "Optimizer state as safetensors (tensors) + JSON (the rest)."
+    sd, tensors = opt.state_dict(), {}
+    meta = dict(param_groups=sd["param_groups"], state={})
+    for idx, st in sd["state"].items():
+        meta["state"][str(idx)] = {k: "<tensor>" if torch.is_tensor(v) else v for k, v in st.items()}
+        tensors.update({f"{idx}.{k}": v.contiguous() for k, v in st.items() if torch.is_tensor(v)})
+    save_file(tensors, folder / "optimizer.safetensors")
+    (folder / "optimizer.json").write_text(json.dumps(meta))
+
+def load_optimizer(opt, folder: Path):
+    "The inverse of `save_optimizer`."
+    tensors, meta = load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text())
+    state = {int(i): {k: tensors[f"{i}.{k}"] if v == "<tensor>" else v for k, v in st.items()} for i, st in meta["state"].items()}
+    opt.load_state_dict(dict(state=state, param_groups=meta["param_groups"]))
+
+def rng_state() -> dict:
+    "Python's, NumPy's and PyTorch's RNG states as JSON-able values."
+    import numpy as np
+    np_state = np.random.get_state()
+    out = dict(python=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+               numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]], torch=torch.get_rng_state().tolist())
+    if torch.cuda.is_available(): out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+def set_rng_state(s: dict):
+    "The inverse of `rng_state`."
+    import numpy as np
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
+    torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
+    if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all([torch.tensor(x, dtype=torch.uint8) for x in s["cuda"]])
+
+def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt, sched, keep: int = 2) -> Path:
+    "Write a checkpoint atomically (every process its RNG, the main one the rest) and prune old ones; returns its folder."
+    final = Path(output_dir) / f"checkpoint-{state['step']}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    try:
+        (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(rng_state()))
+        if acc.is_main_process:
+            save_file(trainable_state(acc.unwrap_model(model)), tmp / "trainable.safetensors")
+            _kill_point(f"stage{state['config']['stage']}:checkpoint{state['step']}")
+            save_optimizer(opt, tmp)
+            (tmp / "scheduler.json").write_text(json.dumps(sched.state_dict()))
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: a folder without it is incomplete
+    except (OSError, RuntimeError, SafetensorError) as e: raise _write_failed(tmp, final, e) from e
+    acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        if final.exists(): shutil.rmtree(final)
-        tmp.rename(final)
-        old = sorted((p for p in output_dir.glob("checkpoint-*") if p.name[11:].isdigit()), key=lambda p: int(p.name[11:]))
+        _publish(tmp, final)
+        old = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit()), key=lambda p: int(p.name[11:]))
         for p in old[:-keep] if keep > 0 else []: shutil.rmtree(p)
     acc.wait_for_everyone()
     return final
+
+def load_checkpoint(acc: Accelerator, ckpt: Path, model, opt, sched) -> dict:
+    "Restore what `save_checkpoint` wrote (nothing in it can run code); returns the trainer state."
+    inner = acc.unwrap_model(model)
+    if not (ckpt / "trainable.safetensors").exists():
+        raise ValueError(f"{ckpt} is not a checkpoint of this vmllm version (an older one used pickled state, which resuming "
+                         "no longer reads, as it can run code): restart the stage, or start from its last final model")
+    tensors = load_file(ckpt / "trainable.safetensors")
+    missing = sorted(set(trainable_state(inner)) - set(tensors))
+    if missing: raise ValueError(f"{ckpt} does not hold the tensors this stage trains, e.g. {missing[:3]}: "
+                                 "was it written by another stage or with other options (LoRA)?")
+    with torch.no_grad():
+        params = dict(inner.named_parameters())
+        for k, v in tensors.items(): params[k].copy_(v)
+    load_optimizer(opt, ckpt)
+    sched.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
+    rng = ckpt / f"rng-{acc.process_index}.json"
+    if not rng.exists(): raise ValueError(f"{ckpt} was written by fewer processes than {acc.num_processes}: resume with the same number")
+    set_rng_state(json.loads(rng.read_text()))
+    return json.loads((ckpt / STATE_FILE).read_text())
+
+def data_fingerprint(path) -> dict:
+    "Size and a hash of the first and last MiB of a data file: enough to notice another file on resume."
+    p, h = Path(path), hashlib.sha256()
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        h.update(f.read(2**20))
+        if size > 2**20: f.seek(max(size - 2**20, 2**20)); h.update(f.read())
+    return dict(size=size, sha256_head_tail=h.hexdigest())
+
+def changed_settings(old: dict, new: dict, safe=SAFE_TO_CHANGE, prefix: str = "") -> list[str]:
+    "'key: old -> new' for every setting that differs, other than those safe to change on resume."
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in safe: continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict): out += changed_settings(a, b, safe, f"{prefix}{k}.")
+        elif a != b: out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 def plot_history(history: list, path):
     "Loss (and learning rate) against step, as a PNG."
@@ -134,9 +255,91 @@ def _local_batches(sampler, epoch: int, world: int, rank: int) -> list[list[int]
 def _to(batch: dict, device) -> dict:
     return {k: batch[k].to(device) for k in MODEL_KEYS if k in batch}
 
+def prepare_for_stage(model, cfg: StageConfig) -> list:
+    "LoRA and gradient checkpointing as `cfg` asks; returns the trainable parameters."
+    if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha)
+    if cfg.gradient_checkpointing:
+        lm, kw = model.language_model, {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
+    return set_trainable(model, cfg.stage)
+
+def fresh_state(cfg: StageConfig) -> dict:
+    "The trainer state of a stage that has not started."
+    return dict(step=0, epoch=0, batch_in_epoch=0, skipped=0, shortened=0, samples=0, history=[], config=asdict(cfg),
+                data=data_fingerprint(cfg.data))
+
+def resume_state(acc: Accelerator, out: Path, cfg: StageConfig, model, opt, sched) -> dict:
+    "The state to continue from: the newest checkpoint's if it was written with the same settings and data."
+    ckpt, state = latest_checkpoint(out), fresh_state(cfg)
+    if ckpt is None: return state
+    saved = json.loads((ckpt / STATE_FILE).read_text())
+    changed = changed_settings(saved["config"], state["config"])
+    if saved.get("data") not in (None, state["data"]): changed.append(f"data: {cfg.data} is not the file the run started with")
+    if changed: raise ValueError(f"cannot resume from {ckpt}: the run was started with other settings ({'; '.join(changed)}). "
+                                 f"Resume with the original ones, or start a new output directory. Safe to change: {', '.join(SAFE_TO_CHANGE)}")
+    state = load_checkpoint(acc, ckpt, model, opt, sched)
+    state["config"] = asdict(cfg)  # what this run uses: only safe settings can differ
+    if acc.is_main_process: print(f"resuming from {ckpt} at step {state['step']}")
+    return state
+
+def forward_sum(model, batch: dict, acc: Accelerator, params: list, connector_params: list):
+    "Loss sum of one local micro-batch (zero, but touching every trainable parameter, when it is empty)."
+    if "input_ids" not in batch: return sum(p.sum() for p in params) * 0.0
+    with acc.autocast():
+        loss = token_loss_sum(model(**_to(batch, acc.device)).logits, batch["labels"])
+    if "pixel_values" not in batch: loss = loss + sum(p.sum() for p in connector_params) * 0.0  # DDP: used every step
+    return loss
+
+def optimizer_step(model, micro: list, acc: Accelerator, opt, sched, params: list, connector_params: list,
+                   cfg: StageConfig, step: int) -> float:
+    "One optimizer step over `micro` (the accumulated micro-batches); returns the mean loss per target token."
+    world = acc.num_processes
+    n_tok = acc.reduce(torch.tensor(float(sum(n_targets(b) for b in micro)), device=acc.device), "sum")
+    total_loss, bad = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    model.train()
+    for i, b in enumerate(micro):
+        with nullcontext() if i == len(micro) - 1 else acc.no_sync(model):
+            loss_sum = forward_sum(model, b, acc, params, connector_params)
+            bad += (~torch.isfinite(loss_sum.detach())).float()
+            acc.backward(loss_sum * world / n_tok.clamp_min(1))
+            total_loss += loss_sum.detach()
+    grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.zeros(())
+    bad += (~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))).float()
+    if acc.reduce(bad, "sum") > 0:
+        ids = [i for b in micro for i in b.get("ids", [])]
+        raise NonFiniteLoss(f"non-finite loss or gradient at step {step} (stage {cfg.stage}); samples on process "
+                            f"{acc.process_index}: {ids}. Nothing was saved over the last checkpoint.")
+    opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    return (acc.reduce(total_loss, "sum") / n_tok.clamp_min(1)).item()
+
+def record_step(state: dict, micro: list, loss: float, lr: float, acc: Accelerator, t0: float, samples0: int):
+    "Count the step, its samples and its skipped/shortened rows (summed over processes) in `state`."
+    skipped, shortened = acc.reduce(torch.tensor([sum(b["skipped"] for b in micro), sum(b["shortened"] for b in micro)],
+                                                 device=acc.device), "sum").tolist()
+    state["skipped"] += int(skipped); state["shortened"] += int(shortened)
+    state["samples"] += sum(len(b["ids"]) + b["skipped"] for b in micro) * acc.num_processes
+    state["step"] += 1; state["batch_in_epoch"] += len(micro)
+    rate = (state["samples"] - samples0) / (time.perf_counter() - t0)
+    state["history"].append(dict(step=state["step"], loss=loss, lr=lr, samples_per_s=rate))
+
+def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, state: dict) -> Path:
+    "The trained model (LoRA merged), its processor and the stage's config, written atomically to `out/final`."
+    final = out / "final"
+    if acc.is_main_process:
+        with atomic_dir(final) as tmp:
+            merge_lora(acc.unwrap_model(model)).save_pretrained(tmp)
+            _kill_point(f"stage{cfg.stage}:final")
+            processor.save_pretrained(tmp)
+            (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        (out / "history.json").write_text(json.dumps(state["history"]))
+        plot_history(state["history"], out / "loss.png")
+    acc.wait_for_everyone()
+    return final
+
 def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r > 0)
                 processor, cfg: StageConfig, output_dir,
-                resume: bool = False, # continue from the newest checkpoint in output_dir
+                resume: bool = False, # continue from the newest checkpoint in output_dir (same settings and data)
                 accelerator: Accelerator | None = None, progress: bool = True) -> dict:
     "Run one training stage; return its summary. The trained model is saved to `output_dir/final`."
     acc = accelerator or Accelerator()
@@ -144,12 +347,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     set_seed(cfg.seed)
     ds = LlavaDataset(cfg.data, cfg.image_folder, processor, cfg.template, cfg.max_length, cfg.strict)
     report = preflight(ds, cfg.preflight_rows)
-    if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha)
-    if cfg.gradient_checkpointing:
-        lm, kw = model.language_model, {"use_reentrant": False}
-        if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-        else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
-    params = set_trainable(model, cfg.stage)
+    params = prepare_for_stage(model, cfg)
     world, rank = acc.num_processes, acc.process_index
     sampler = ModalityLengthSampler(ds.modality_lengths(), cfg.batch_size * world, seed=cfg.seed)
     steps_per_epoch = len(_local_batches(sampler, 0, world, rank)) // cfg.grad_accum
@@ -157,84 +355,36 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    model, opt = acc.prepare(model, opt)
-    acc.register_for_checkpointing(sched)  # not prepared: a prepared scheduler steps once per process
-    state = dict(step=0, epoch=0, batch_in_epoch=0, skipped=0, samples=0, history=[], config=asdict(cfg))
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        acc.load_state(str(ckpt))
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        if acc.is_main_process: print(f"resuming from {ckpt} at step {state['step']}")
-    inner = acc.unwrap_model(model)
-    connector_params = [p for p in inner.mm_projector.parameters() if p.requires_grad]
+    model, opt = acc.prepare(model, opt)  # the scheduler is not prepared: prepared, it steps once per process
+    state = resume_state(acc, out, cfg, model, opt, sched) if resume else fresh_state(cfg)
+    connector_params = [p for p in acc.unwrap_model(model).mm_projector.parameters() if p.requires_grad]
     collate = Collator(processor)
     bar = progress_bar(total=total, initial=state["step"], disable=not (progress and acc.is_main_process), desc=f"stage {cfg.stage}")
     t0, samples0 = time.perf_counter(), state["samples"]
-
-    def forward_sum(batch):
-        "Loss sum of one local micro-batch (zero, but touching every trainable parameter, when it is empty)."
-        if "input_ids" not in batch: return sum(p.sum() for p in params) * 0.0
-        with acc.autocast():
-            loss = token_loss_sum(model(**_to(batch, acc.device)).logits, batch["labels"])
-        if "pixel_values" not in batch: loss = loss + sum(p.sum() for p in connector_params) * 0.0  # DDP: used every step
-        return loss
-
-    def optimizer_step(micro: list) -> float:
-        n_tok = acc.reduce(torch.tensor(float(sum(n_targets(b) for b in micro)), device=acc.device), "sum")
-        total_loss, bad = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
-        model.train()
-        for i, b in enumerate(micro):
-            with nullcontext() if i == len(micro) - 1 else acc.no_sync(model):
-                loss_sum = forward_sum(b)
-                bad += (~torch.isfinite(loss_sum.detach())).float()
-                acc.backward(loss_sum * world / n_tok.clamp_min(1))
-                total_loss += loss_sum.detach()
-        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.zeros(())
-        bad += (~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))).float()
-        if acc.reduce(bad, "sum") > 0:
-            ids = [i for b in micro for i in b.get("ids", [])]
-            raise NonFiniteLoss(f"non-finite loss or gradient at step {state['step'] + 1} (stage {cfg.stage}); "
-                                f"samples on process {rank}: {ids}. Nothing was saved over the last checkpoint.")
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        return (acc.reduce(total_loss, "sum") / n_tok.clamp_min(1)).item()
-
     while state["step"] < total:
         local = _local_batches(sampler, state["epoch"], world, rank)[state["batch_in_epoch"]:]
-        dl = DataLoader(ds, batch_sampler=local, collate_fn=collate, num_workers=cfg.num_workers)
         micro = []
-        for batch in dl:
+        for batch in DataLoader(ds, batch_sampler=local, collate_fn=collate, num_workers=cfg.num_workers):
             micro.append(batch)
             if len(micro) < cfg.grad_accum: continue
-            loss = optimizer_step(micro)
-            n_local = sum(len(b["ids"]) + b["skipped"] for b in micro)
-            counts = acc.reduce(torch.tensor([sum(b["skipped"] for b in micro), sum(b["shortened"] for b in micro)],
-                                             device=acc.device), "sum").tolist()
-            state["skipped"] += int(counts[0]); state["shortened"] = state.get("shortened", 0) + int(counts[1])
-            state["samples"] += n_local * world
-            state["step"] += 1; state["batch_in_epoch"] += len(micro); micro = []
-            rate = (state["samples"] - samples0) / (time.perf_counter() - t0)
-            state["history"].append(dict(step=state["step"], loss=loss, lr=sched.get_last_lr()[0], samples_per_s=rate))
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False); bar.update(1)
+            loss = optimizer_step(model, micro, acc, opt, sched, params, connector_params, cfg, state["step"] + 1)
+            record_step(state, micro, loss, sched.get_last_lr()[0], acc, t0, samples0); micro = []
+            h = state["history"][-1]
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{h['lr']:.2e}", samples_s=f"{h['samples_per_s']:.1f}", refresh=False); bar.update(1)
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
-                save_checkpoint(acc, out, state, cfg.keep_checkpoints)
+                save_checkpoint(acc, out, state, model, opt, sched, cfg.keep_checkpoints)
                 if acc.is_main_process: plot_history(state["history"], out / "loss.png")
+            _kill_point(f"stage{cfg.stage}:step{state['step']}")
             if state["step"] >= total: break
         else:
             state["epoch"] += 1; state["batch_in_epoch"] = 0
     bar.close()
     acc.wait_for_everyone()
-    final = out / "final"
-    if acc.is_main_process:
-        trained = merge_lora(acc.unwrap_model(model))
-        trained.save_pretrained(final); processor.save_pretrained(final)
-        (final / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        (out / "history.json").write_text(json.dumps(state["history"]))
-        plot_history(state["history"], out / "loss.png")
-    acc.wait_for_everyone()
+    final = save_final(acc, model, processor, cfg, out, state)
     rates = [h["samples_per_s"] for h in state["history"]]
     return dict(steps=state["step"], final_loss=state["history"][-1]["loss"] if state["history"] else None,
-                skipped=state["skipped"], shortened=state.get("shortened", 0), samples_per_s=rates[-1] if rates else None, preflight=report,
-                history=state["history"], final_dir=str(final))
+                skipped=state["skipped"], shortened=state["shortened"], samples_per_s=rates[-1] if rates else None,
+                preflight=report, history=state["history"], final_dir=str(final))
 
 # %% ../nbs/10_train.ipynb #c016
 def caption_pairs(ds: LlavaDataset) -> list[tuple[Path, str]]:
@@ -268,7 +418,8 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
             if p not in images: images[p] = ds.load_image(0, {}, p)
             ims.append(images[p])
         text = processor.prompt_inputs([c for _, c in chunk])
-        kw = dict(attention_mask=text["prompt_attention_mask"]) if encoder_model.config.model_type == "clip" else {}
+        masked = text_input_rule(processor.family, processor.reference_quirks)[1]  # as the text tower reads prompts later
+        kw = dict(attention_mask=text["prompt_attention_mask"]) if masked else {}
         out = encoder_model(input_ids=text["prompt_input_ids"], pixel_values=processor.pixel_values(ims), return_loss=True, **kw)
         out.loss.backward(); opt.step(); sched.step(); opt.zero_grad()
         losses.append(out.loss.item())
