@@ -24,8 +24,9 @@ def test_toy_recipe_runs_every_stage_and_reports_accuracy(tmp_path):
 def test_bad_flags_give_clear_errors(tmp_path):
     r = run(["vmllm_train", "--preset", "siglip-so400m-384", "--output_dir", str(tmp_path / "x")])
     assert r.returncode != 0 and "no LLM given: pass --llm PATH" in r.stderr
-    r = run(["vmllm_train", "--preset", "toy", "--set", "stage1.lrate=1"])
+    r = run(["vmllm_train", "--preset", "toy", "--output_dir", str(tmp_path / "y"), "--set", "stage1.lrate=1"])
     assert r.returncode != 0 and "unknown option(s) ['lrate']" in r.stderr
+    assert not (tmp_path / "y").exists()  # refused before any folder or data is made
 
 def test_two_cpu_processes_train_like_one(tmp_path):
     common = ["--preset", "toy", "--stages", "1"]

@@ -217,10 +217,11 @@ def finished(final: Path) -> bool:
 
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe; returns a summary (per stage, and held-out accuracy for the toy)."
-    acc = _accelerator(cfg)
-    out = Path(cfg["output_dir"]); out.mkdir(parents=True, exist_ok=True)
-    for stage in (1, 2): check_stage_options(cfg, stage)  # before any data or model work
+    for stage in (1, 2): check_stage_options(cfg, stage)  # before any data, model or folder is made
+    out = Path(cfg["output_dir"])
     if resume: check_resume_config(out, cfg)
+    acc = _accelerator(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress)
     else: model, proc = real_model(cfg["model"])
