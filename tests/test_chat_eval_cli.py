@@ -41,5 +41,23 @@ def test_eval_scores_good_rows_and_skips_bad_ones(ckpt):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((ckpt / "res.json").read_text())
     assert (res["n"], res["answered"], res["skipped"], res["scored"]) == (3, 2, 1, 2)
-    assert "questions.jsonl row 3: not valid JSON" in r.stdout and "overall" in r.stdout
+    assert "questions.jsonl line 3: not valid JSON" in r.stdout and "overall" in r.stdout
     assert len((ckpt / "res.answers.jsonl").read_text().splitlines()) == 2
+
+
+def test_eval_skips_bad_images_and_refuses_unwritable_output(ckpt, tmp_path):
+    rows = [{"question_id": 1, "image": "blue.png", "text": "What colour?", "answer": "blue"},
+            {"question_id": 2, "image": 5, "text": "What colour?"}, {"question_id": 3, "image": "../blue.png", "text": "?"}]
+    q = tmp_path / "questions.jsonl"
+    q.write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "a_file").write_text("")
+    r = run("vmllm_eval", "--model", str(ckpt / "model"), "--questions", str(q), "--image_folder", str(ckpt),
+            "--results_file", str(tmp_path / "a_file" / "res.json"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"cannot write {tmp_path / 'a_file' / 'res.json'}: {tmp_path / 'a_file'} is a file, not a folder" in r.stderr
+    r = run("vmllm_eval", "--model", str(ckpt / "model"), "--questions", str(q), "--image_folder", str(ckpt))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "questions.jsonl line 2 (question_id 2): 'image' must be a path or a list of paths, not a number (5)" in r.stdout
+    assert "questions.jsonl line 3 (question_id 3): image path '../blue.png' escapes the image folder" in r.stdout
+    res = json.loads((tmp_path / "questions.results.json").read_text())
+    assert (res["answered"], res["skipped"]) == (1, 2)
