@@ -24,6 +24,13 @@ def test_chat_streams_two_turns_and_explains(ckpt):
     assert sorted(p.name for p in (ckpt / "explain").iterdir()) == ["turn1_gates.png", "turn1_layers.png",
                                                                   "turn2_gates.png", "turn2_layers.png"]
 
+def test_chat_defaults_fit_the_toy_context_and_reset(ckpt):
+    r = run("vmllm_chat", "--model", str(ckpt / "model"), "--image", str(ckpt / "blue.png"), "--temperature", "0",
+            stdin="What colour is it?\n" + "word " * 600 + "\n/reset\nWhat colour is it?\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("but the model's context is 512") == 1, r.stdout  # only the over-long question is refused
+    assert "type /reset to start a new conversation" in r.stdout and "[conversation reset]" in r.stdout
+
 def test_chat_clear_errors(ckpt, tmp_path):
     r = run("vmllm_chat", "--model", str(ckpt / "model"), "--image", str(tmp_path / "nope.png"))
     assert r.returncode != 0 and "cannot read image" in r.stderr
