@@ -121,7 +121,7 @@ def test_ids_and_labels_match_llava(vocab, template, corpus):
         g, why = golden_rows[row["id"]], expected_difference(vocab, template, row, golden_rows[row["id"]])
         tally[why or "identical"] = tally.get(why or "identical", 0) + 1
         if why == BAD_ROW:
-            with pytest.raises(BadRow, match=f"row {i} "): ds.example(i)
+            with pytest.raises(BadRow, match=f"rows.json row {i + 1} "): ds.example(i)  # row N: 1-based
             continue
         ex = ds.example(i)
         ids = [-200 if t == image_id else t for t in ex["input_ids"]]

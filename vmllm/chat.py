@@ -15,7 +15,7 @@ from .data import TEMPLATES
 from .infer import _open_image, build_prompt, with_image_placeholders
 
 # %% auto #0
-__all__ = ['open_image', 'Chat', 'explain_prediction', 'vmllm_chat']
+__all__ = ['open_image', 'ContextFull', 'default_max_new_tokens', 'Chat', 'explain_prediction', 'vmllm_chat']
 
 # %% ../nbs/13_chat.ipynb #c005
 class _CallbackStreamer(TextStreamer):
@@ -27,22 +27,34 @@ class _CallbackStreamer(TextStreamer):
         if text: self.fn(text)
 
 def open_image(path_or_image, processor) -> Image.Image:
-    "An image for the model, or a `ValueError` naming the file that cannot be read."
-    try: return _open_image(path_or_image, processor)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path_or_image}: {e.__class__.__name__}: {e}") from e
+    "An image for the model (read as in training), or an `ImageError` (a `ValueError`) naming the file that cannot be read."
+    return _open_image(path_or_image, processor)
+
+class ContextFull(ValueError):
+    "The conversation no longer fits the model's context: reset it."
+
+def default_max_new_tokens(context: int) -> int:
+    "Tokens to generate per reply when not told: a quarter of the context, at most 512 (128 for the toy's 512)."
+    return max(1, min(512, context // 4))
 
 class Chat:
     "A multi-turn conversation with a vmllm model about zero or more images."
-    def __init__(self, model, processor, template: str = "vicuna_v1", images=(), max_new_tokens: int = 256,
+    def __init__(self, model, processor, template: str = "vicuna_v1", images=(),
+                 max_new_tokens: int | None = None, # default `default_max_new_tokens(context)`
                  temperature: float = 0.2, top_p: float | None = None):
         if template not in TEMPLATES: raise ValueError(f"unknown conv mode {template!r}: use one of {list(TEMPLATES)}")
         self.model, self.processor, self.template = model.eval(), processor, template
+        if max_new_tokens is None: max_new_tokens = default_max_new_tokens(self.context)
+        if not 0 < max_new_tokens < self.context:
+            raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a question in the model's context of "
+                             f"{self.context}: use fewer (default {default_max_new_tokens(self.context)})")
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.images = [open_image(i, processor) for i in images]
         self.turns = []
 
-    def reset(self): self.turns = []
+    def reset(self):
+        "Start a new conversation about the same images."
+        self.turns = []
 
     @property
     def context(self) -> int:
@@ -56,8 +68,8 @@ class Chat:
         batch = self.processor(text, images=self.images or None, prompts=prompt)
         n = batch["input_ids"].shape[1]
         if n + self.max_new_tokens > self.context:
-            raise ValueError(f"the conversation is {n} tokens (+{self.max_new_tokens} to generate) but the model's context is "
-                             f"{self.context}: start a new chat (reset) or lower max_new_tokens")
+            raise ContextFull(f"the conversation is {n} tokens (+{self.max_new_tokens} to generate) but the model's context is "
+                              f"{self.context}: reset the conversation or lower max_new_tokens")
         return {"question": question, **{k: v.to(self.model.device) for k, v in batch.items()}}
 
     @torch.no_grad()
@@ -130,7 +142,8 @@ def vmllm_chat(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
                vision_tower: str = None, # local CLIP/SigLIP directory, for released checkpoints without tower weights
                conv_mode: str = "vicuna_v1", # conversation template the model was trained with
                temperature: float = 0.2, # 0: greedy
-               top_p: float = None, max_new_tokens: int = 512,
+               top_p: float = None,
+               max_new_tokens: Param("tokens to generate per reply; default: a quarter of the model's context, at most 512", int) = None,
                explain: Param("save layer/gate pictures for every question in this folder", str) = None):
     "Chat with a vmllm model about an image in the terminal."
     from vmllm.zoo import load_any
@@ -139,13 +152,18 @@ def vmllm_chat(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
         chat = Chat(m, p, conv_mode, [image] if image else [], max_new_tokens, temperature, top_p)
     except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_chat: {e}")
     interactive = sys.stdin.isatty()
-    for k in range(10 ** 6):
+    if interactive: print("[/reset starts a new conversation, an empty line ends the chat]")
+    answered = 0
+    while True:
         try: question = input("USER: " if interactive else "")
         except EOFError: break
         if not question.strip(): break
+        if question.strip() == "/reset": chat.reset(); print("[conversation reset]"); continue
         print("ASSISTANT: ", end="", flush=True)
         try: chat.ask(question, stream=True)
+        except ContextFull as e: print(f"\n[{e}: type /reset to start a new conversation about the same image]"); continue
         except ValueError as e: print(f"\n[{e}]"); continue
         print(flush=True)
+        answered += 1
         if explain and image:
-            for path in explain_prediction(m, p, image, question, explain, prefix=f"turn{k + 1}_"): print(f"[saved {path}]")
+            for path in explain_prediction(m, p, image, question, explain, prefix=f"turn{answered}_"): print(f"[saved {path}]")

@@ -4,20 +4,22 @@
 
 # %% ../nbs/07_data.ipynb #c003
 from __future__ import annotations
-import json, logging, math, random
+import codecs, json, logging, math, os, random
 from dataclasses import dataclass, field
 from pathlib import Path
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
-from .core import IGNORE_INDEX, IMAGE_TOKEN
+from .core import IGNORE_INDEX, IMAGE_TOKEN, progress as progress_bar
 from .processor import VmllmProcessor, pad_rows, text_tower_prompt
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'TEMPLATES', 'render_conversation', 'encode_conversation', 'pad_to_square',
-           'BadRow', 'images_to_front', 'LlavaDataset', 'Collator', 'ModalityLengthSampler', 'preflight']
+__all__ = ['log', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation',
+           'ImageError', 'open_rgb', 'pad_to_square', 'BadRow', 'BadRows', 'images_to_front', 'json_kind', 'row_place',
+           'image_names', 'image_path', 'LlavaDataset', 'Collator', 'ModalityLengthSampler', 'preflight']
 
 # %% ../nbs/07_data.ipynb #c006
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -123,6 +125,28 @@ def encode_conversation(turns: list, processor: VmllmProcessor, template: str, m
     raise ValueError(f"too long: {len(ids)} tokens once every droppable turn is dropped, max_length {max_length}")
 
 # %% ../nbs/07_data.ipynb #c014
+class ImageError(ValueError):
+    "An image that cannot be used; the message names the file and why."
+
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    "High-bit-depth greyscale as 8-bit 'L': integer modes (I;16*, I) as 16-bit values (65535 -> 255), 'F' from [0, 1] (or [0, 255] if larger)."
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F": a = a * 255 if a.size and np.nanmax(a) <= 1 else a
+    else: a = a / 257
+    return Image.fromarray(np.clip(np.round(np.nan_to_num(a)), 0, 255).astype(np.uint8))
+
+def open_rgb(src) -> Image.Image:
+    "`src` (a path or a PIL image) as an RGB image, high-bit-depth greyscale scaled to 8 bits; `ImageError` naming the file."
+    rgb = lambda im: (_to_8bit(im) if im.mode.startswith("I") or im.mode == "F" else im).convert("RGB")
+    try:
+        if isinstance(src, Image.Image): return rgb(src)
+        with Image.open(src) as f: return rgb(f)
+    except _IMAGE_ERRORS as e:
+        name, why = "(in memory)" if isinstance(src, Image.Image) else src, getattr(e, "strerror", None) or e
+        raise ImageError(f"cannot read image {name}: {e.__class__.__name__}: {why}") from e
+
 def pad_to_square(im: Image.Image, colour: tuple) -> Image.Image:
     "`im` centred on a square canvas of `colour`."
     w, h = im.size
@@ -134,7 +158,17 @@ def pad_to_square(im: Image.Image, colour: tuple) -> Image.Image:
 
 # %% ../nbs/07_data.ipynb #c017
 class BadRow(ValueError):
-    "A training row that cannot be used; the message names the row and the problem."
+    "A row that cannot be used; the message names the file, the row, its id, the field and the problem."
+
+class BadRows(BadRow):
+    "Every bad row of a data file at once; `rows` is `{index: message}`."
+    def __init__(self, path, rows: dict, show: int = 1000):
+        self.path, self.rows = Path(path), dict(rows)
+        lines = [self.rows[i] for i in sorted(self.rows)]
+        more = f"\n... and {len(lines) - show} more (all in .rows)" if len(lines) > show else ""
+        super().__init__(f"{len(lines)} bad row{'s' * (len(lines) != 1)} in {self.path}:\n" + "\n".join(lines[:show]) + more)
+
+ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}  # as written -> as rendered
 
 def images_to_front(text: str) -> str:
     "A turn with `<image>` rewritten as LLaVA does: the image(s) first, each followed by a newline, then the rest, stripped."
@@ -142,20 +176,52 @@ def images_to_front(text: str) -> str:
     if not n: return text
     return ((IMAGE_TOKEN + "\n") * n + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
+def json_kind(x) -> str:
+    "What a JSON value is, in JSON's words (for messages)."
+    if x is None: return "null"
+    if isinstance(x, bool): return f"a boolean ({x})"
+    if isinstance(x, (int, float)): return f"a number ({x})"
+    if isinstance(x, str): return f"a string ({x[:30]!r})"
+    return "a list" if isinstance(x, list) else "an object" if isinstance(x, dict) else type(x).__name__
+
+def row_place(path, n: int) -> str:
+    "How messages name a row: `name line n` in a .jsonl file (its 1-based line number), `name row n` in a .json list (1-based)."
+    return f"{Path(path).name} {'line' if Path(path).suffix == '.jsonl' else 'row'} {n}"
+
+def image_names(row: dict) -> list[str]:
+    "The row's `image` as a list of paths (empty without one); `ValueError` saying what is wrong with the field."
+    im = row.get("image")
+    if im is None: return []
+    names = [im] if isinstance(im, str) else im
+    if not isinstance(names, list): raise ValueError(f"'image' must be a path or a list of paths, not {json_kind(im)}")
+    if not names: raise ValueError("'image' is an empty list (leave it out for a text-only row)")
+    for n in names:
+        if not isinstance(n, str) or not n.strip(): raise ValueError(f"'image' holds {json_kind(n)}, not a path")
+    return names
+
+def image_path(folder, name: str) -> Path:
+    "`folder/name`; `ValueError` if `name` is absolute or climbs out of `folder` with `..` (links inside `folder` are followed)."
+    norm = os.path.normpath(name)
+    if os.path.isabs(norm): raise ValueError(f"image path {name!r} is absolute: paths are relative to the image folder")
+    if norm == ".." or norm.startswith(".." + os.sep): raise ValueError(f"image path {name!r} escapes the image folder")
+    return Path(folder) / norm
+
 def _read_rows(path: Path):
-    "(rows or None, byte offsets or None) of a .json list or .jsonl file."
+    "(rows or None, byte offsets or None, 1-based number of each row) of a .json list or a .jsonl file (a UTF-8 BOM is allowed)."
     if path.suffix == ".jsonl":
-        offsets, pos = [], 0
+        offsets, numbers, pos = [], [], 0
         with open(path, "rb") as f:
-            for line in f:
-                if line.strip(): offsets.append(pos)
+            for n, line in enumerate(f, 1):
+                if (line[3:] if n == 1 and line.startswith(codecs.BOM_UTF8) else line).strip(): offsets.append(pos); numbers.append(n)
                 pos += len(line)
-        return None, offsets
-    try: rows = json.loads(path.read_text(encoding="utf-8"))
+        return None, offsets, numbers
+    try: rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e: raise ValueError(f"{path} is not UTF-8 text: {e}") from e
     except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(rows, list): raise ValueError(f"{path} must hold a JSON list of rows (or use .jsonl)")
-    return rows, None
+    return rows, None, list(range(1, len(rows) + 1))
 
+# %% ../nbs/07_data.ipynb #d1dd2181
 class LlavaDataset(Dataset):
     "LLaVA-format conversations with images, tokenised lazily for one template."
     def __init__(self, path, # .json list or .jsonl of rows
@@ -171,40 +237,57 @@ class LlavaDataset(Dataset):
         if template not in TEMPLATES: raise ValueError(f"unknown template {template!r}: use one of {list(TEMPLATES)}")
         render_conversation(template, [("human", IMAGE_TOKEN), ("gpt", "ok")], processor.tokenizer)  # a template/tokenizer mismatch fails here, not per row
         self.processor, self.template, self.max_length, self.strict, self.pad_square = processor, template, max_length, strict, pad_square
-        self.rows, self.offsets = _read_rows(self.path)
+        self.rows, self.offsets, self.numbers = _read_rows(self.path)
+        self.bad_rows: dict[int, str] = {}  # index -> message of every bad row met so far, each once
 
-    def __len__(self): return len(self.rows) if self.rows is not None else len(self.offsets)
+    def __len__(self): return len(self.numbers)
+
+    def where(self, i: int, row=None) -> str:
+        "How messages name row `i`: the file, `line N` (.jsonl) or `row N` (.json), and the row's id if it has one."
+        place = row_place(self.path, self.numbers[i] if 0 <= i < len(self.numbers) else i + 1)
+        rid = row.get("id") if isinstance(row, dict) else None
+        return place if rid is None else f"{place} (id {rid})"
 
     def row(self, i: int) -> dict:
-        "The raw row `i`."
-        if self.rows is not None: return self.rows[i]
-        with open(self.path, "rb") as f:
-            f.seek(self.offsets[i])
-            line = f.readline()
-        try: return json.loads(line)
-        except json.JSONDecodeError as e: raise BadRow(f"{self.path} row {i}: not valid JSON ({e})") from e
+        "The raw row `i`, a JSON object, or `BadRow`."
+        if self.rows is not None: row = self.rows[i]
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(self.offsets[i])
+                line = f.readline()
+            try: row = json.loads(line)
+            except json.JSONDecodeError as e: raise BadRow(f"{self.where(i)}: not valid JSON ({e.msg} at column {e.colno})") from e
+            except UnicodeDecodeError as e: raise BadRow(f"{self.where(i)}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        if not isinstance(row, dict): raise BadRow(f"{self.where(i)}: a row must be a JSON object, not {json_kind(row)}")
+        return row
 
     def image_paths(self, i: int, row: dict) -> list[Path]:
-        "Resolved image paths of row `i`, checked to lie inside the image folder."
-        names = row.get("image") or []
-        names = [names] if isinstance(names, str) else list(names)
-        if names and self.image_folder is None: raise BadRow(f"row {i} (id {row.get('id')}) has images but no image folder was given")
-        paths = []
-        for n in names:
-            p = (self.image_folder / n).resolve()
-            if not p.is_relative_to(self.image_folder.resolve()):
-                raise BadRow(f"row {i} (id {row.get('id')}): image path {n!r} escapes the image folder")
-            paths.append(p)
-        return paths
+        "Paths of row `i`'s images, checked to be paths that stay inside the image folder."
+        try:
+            names = image_names(row)
+            if names and self.image_folder is None: raise ValueError("has images but no image folder was given")
+            return [image_path(self.image_folder, n) for n in names]
+        except ValueError as e: raise BadRow(f"{self.where(i, row)}: {e}") from e
 
     def raw_turns(self, i: int, row: dict) -> list:
-        "The row's turns as (role, text), as written, checked to alternate human/gpt."
+        "The row's turns as (role, text), roles as rendered ('human', 'gpt'): checked to be well formed, to alternate human first, and to hold a reply."
+        def bad(msg): return BadRow(f"{self.where(i, row)}: {msg}")
         conv = row.get("conversations")
-        if not conv: raise BadRow(f"row {i} (id {row.get('id')}) has no conversations")
-        try: turns = [("human" if t["from"] in ("human", "user") else "gpt", t["value"]) for t in conv]
-        except (KeyError, TypeError) as e: raise BadRow(f"row {i} (id {row.get('id')}): a turn lacks 'from' or 'value'") from e
+        if conv is None or conv == []: raise bad("has no conversations")
+        if not isinstance(conv, list): raise bad(f"'conversations' must be a list of turns, not {json_kind(conv)}")
+        turns = []
+        for k, t in enumerate(conv, 1):
+            if not isinstance(t, dict): raise bad(f"turn {k} must be an object with 'from' and 'value', not {json_kind(t)}")
+            for key in ("from", "value"):
+                if key not in t: raise bad(f"turn {k} lacks {key!r}")
+            role, value = t["from"], t["value"]
+            if not isinstance(role, str) or role not in ROLES:
+                raise bad(f"turn {k}: unknown role {role!r} in 'from' (accepted: {', '.join(ROLES)})")
+            if not isinstance(value, str): raise bad(f"turn {k}: 'value' must be a string, not {json_kind(value)}")
+            turns.append((ROLES[role], value))
         if turns[0][0] != "human" or any(a[0] == b[0] for a, b in zip(turns, turns[1:])):
-            raise BadRow(f"row {i} (id {row.get('id')}): turns must alternate human/gpt, starting with human")
+            raise bad("turns must alternate human/gpt, starting with human")
+        if len(turns) < 2: raise bad("nothing to learn: the row has no gpt/assistant turn")
         return turns
 
     def turns(self, i: int, row: dict, n_images: int) -> list:
@@ -213,15 +296,13 @@ class LlavaDataset(Dataset):
         n_tokens = sum(t.count(IMAGE_TOKEN) for _, t in turns)
         if n_tokens == 0 and n_images: turns[0] = (turns[0][0], IMAGE_TOKEN * n_images + "\n" + turns[0][1]); n_tokens = n_images
         if n_tokens != n_images:
-            raise BadRow(f"row {i} (id {row.get('id')}): {n_tokens} {IMAGE_TOKEN} in the text but {n_images} images")
+            raise BadRow(f"{self.where(i, row)}: {n_tokens} {IMAGE_TOKEN} in the text but {n_images} images")
         return turns
 
     def load_image(self, i: int, row: dict, path: Path) -> Image.Image:
-        "Open one image as RGB (padded to square), or raise `BadRow` naming the row and file."
-        try:
-            with Image.open(path) as im: im = im.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise BadRow(f"row {i} (id {row.get('id')}): cannot read image {path}: {e.__class__.__name__}") from e
+        "Open one image with `open_rgb` (padded to square), or raise `BadRow` naming the row and file."
+        try: im = open_rgb(path)
+        except ImageError as e: raise BadRow(f"{self.where(i, row)}: {e}") from e
         return pad_to_square(im, self.processor.image_mean_colour) if self.pad_square else im
 
     def example(self, i: int) -> dict:
@@ -230,7 +311,7 @@ class LlavaDataset(Dataset):
         paths = self.image_paths(i, row)
         turns = self.turns(i, row, len(paths))
         try: ids, labels, dropped = encode_conversation(turns, self.processor, self.template, self.max_length)
-        except ValueError as e: raise BadRow(f"row {i} (id {row.get('id')}): {e}") from e
+        except ValueError as e: raise BadRow(f"{self.where(i, row)}: {e}") from e
         images = [self.load_image(i, row, p) for p in paths]
         prompt = text_tower_prompt(self.raw_turns(i, row))
         return dict(index=i, id=row.get("id", i), input_ids=ids, labels=labels, images=images, prompt=prompt,
@@ -240,17 +321,32 @@ class LlavaDataset(Dataset):
         try: return self.example(i)
         except BadRow as e:
             if self.strict: raise
-            log.warning("skipping %s: %s", self.path.name, e)
+            if i not in self.bad_rows: log.warning("skipping %s", e)  # once per row, not once per epoch
+            self.bad_rows[i] = str(e)
             return None
 
+    def check_all(self, raise_errors: bool | None = None, # raise one `BadRows` listing them all; default: `strict`
+                  progress: bool = False) -> dict[int, str]:
+        "Check every row as training uses it (parsed, tokenised, images decoded): `{index: message}` of the bad ones, also added to `bad_rows`."
+        found = {}
+        for i in progress_bar(range(len(self)), disable=not progress, desc="checking rows"):
+            try: self.example(i)
+            except BadRow as e: found[i] = str(e)
+        self.bad_rows.update(found)
+        if found and (self.strict if raise_errors is None else raise_errors): raise BadRows(self.path, found)
+        return found
+
     def modality_lengths(self) -> list[int]:
-        "Approximate length of every row (words + image slots), positive with images, negative without (no tokenising)."
+        "Approximate length of every row (words + image slots), positive with images, negative without (no tokenising); 1 for a malformed row (skipped when visited)."
         out = []
         for i in range(len(self)):
-            try: row = self.row(i)
-            except BadRow: out.append(1); continue
-            words = sum(len(str(t.get("value", "")).split()) for t in row.get("conversations") or [])
-            n_img = len([row["image"]] if isinstance(row.get("image"), str) else row.get("image") or [])
+            try:
+                row = self.row(i)
+                n_img = len(image_names(row))
+            except ValueError: out.append(1); continue
+            conv = row.get("conversations")
+            words = sum(len(t["value"].split()) for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str)) \
+                if isinstance(conv, list) else 0
             out.append(words + n_img * self.processor.tokens_per_image if n_img else -max(words, 1))
         return out
 
@@ -261,7 +357,7 @@ class Collator:
     processor: VmllmProcessor
     def __call__(self, examples: list) -> dict:
         good = [e for e in examples if e is not None]
-        batch = {"skipped": len(examples) - len(good), "ids": [e["id"] for e in good],
+        batch = {"skipped": len(examples) - len(good), "ids": [e["id"] for e in good], "indices": [e["index"] for e in good],
                  "shortened": sum(e["turns_dropped"] > 0 for e in good)}
         if not good: return batch
         p = self.processor
@@ -308,17 +404,16 @@ def preflight(ds: LlavaDataset, n: int = 16) -> dict:
     for i in range(len(ds)):
         if checked >= n: break
         try: ex = ds.example(i)
-        except BadRow: continue
+        except BadRow as e: ds.bad_rows[i] = str(e); continue
         kept = [l for l in ex["labels"] if l != IGNORE_INDEX]
         if not kept:
-            raise ValueError(f"pre-flight: row {i} (id {ex['id']}) has no labelled token with template {ds.template!r}: "
+            raise ValueError(f"pre-flight: {ds.where(i, ds.row(i))} has no labelled token with template {ds.template!r}: "
                              "the loss would be zero. The template does not match this tokenizer.")
-        row = ds.row(i)
-        replies = [t["value"] for t in row["conversations"] if t["from"] not in ("human", "user")]
+        replies = [m for r, m in ds.raw_turns(i, ds.row(i)) if r == "gpt"]
         decoded = tok.decode(kept, skip_special_tokens=True)
         missing = [r for r in replies[:len(replies) - ex["turns_dropped"] // 2] if r.strip() not in decoded]
         if missing:
-            raise ValueError(f"pre-flight: row {i} (id {ex['id']}): the labelled tokens read {decoded!r} but the replies "
+            raise ValueError(f"pre-flight: {ds.where(i, ds.row(i))}: the labelled tokens read {decoded!r} but the replies "
                              f"include {missing[0]!r}: the template {ds.template!r} does not match this tokenizer")
         checked, labelled, total = checked + 1, labelled + len(kept), total + len(ex["labels"])
     if checked == 0: raise ValueError(f"pre-flight: none of the rows of {ds.path} is usable")

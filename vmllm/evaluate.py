@@ -4,17 +4,18 @@
 
 # %% ../nbs/14_evaluate.ipynb #c003
 from __future__ import annotations
-import json, re, string
+import json, re, string, tempfile
 from collections import defaultdict
 from pathlib import Path
 import torch
 from fastcore.script import Param, call_parse
 from .core import progress as progress_bar
+from .data import image_names, image_path, json_kind, row_place
 from .infer import _open_image, build_prompt, generate_replies, normalize_answer
 
 # %% auto #0
 __all__ = ['LETTERS', 'MC_INSTRUCTION', 'options_of', 'question_text', 'read_question_rows', 'extract_letter', 'is_correct',
-           'evaluate', 'results_table', 'vmllm_eval']
+           'check_writable', 'evaluate', 'results_table', 'vmllm_eval']
 
 # %% ../nbs/14_evaluate.ipynb #c006
 LETTERS = "ABCDEFGHIJ"
@@ -32,18 +33,23 @@ def question_text(row: dict) -> str:
     return "\n".join([q] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(opts)] + [MC_INSTRUCTION])
 
 def read_question_rows(path) -> tuple[list[dict], list[str]]:
-    "(good rows, messages for the skipped ones) of a .jsonl question file; rows get 'row' (1-based line number)."
+    "(good rows, messages for the skipped ones) of a .jsonl question file (UTF-8, a BOM allowed); rows get 'row' (1-based line number)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"question file not found: {path}")
     rows, skipped = [], []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip(): continue
-        try: row = json.loads(line)
-        except json.JSONDecodeError as e: skipped.append(f"{path.name} row {i}: not valid JSON ({e.msg})"); continue
-        if not isinstance(row, dict) or not str(row.get("text", row.get("question", ""))).strip():
-            skipped.append(f"{path.name} row {i}: no question ('text' or 'question')"); continue
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip(): continue
+        where = row_place(path, i)
+        try: row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e: skipped.append(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})"); continue
+        except json.JSONDecodeError as e: skipped.append(f"{where}: not valid JSON ({e.msg})"); continue
+        if not isinstance(row, dict): skipped.append(f"{where}: a row must be a JSON object, not {json_kind(row)}"); continue
+        if "question_id" in row: where += f" (question_id {row['question_id']})"
+        if not str(row.get("text", row.get("question", ""))).strip():
+            skipped.append(f"{where}: no question ('text' or 'question')"); continue
         row.setdefault("question_id", i)
-        rows.append({**row, "row": i})
+        rows.append({**row, "row": i, "_where": where})
     return rows, skipped
 
 # %% ../nbs/14_evaluate.ipynb #c008
@@ -68,24 +74,37 @@ def is_correct(row: dict, reply: str) -> bool | None:
     return normalize_answer(reply) == normalize_answer(str(row["answer"]))
 
 # %% ../nbs/14_evaluate.ipynb #c011
-def _load_images(rows: list, image_folder, processor, skipped: list, name: str) -> list:
-    "Rows whose image (if any) opens, each with its PIL image; the others are recorded in `skipped`."
+def _load_images(rows: list, image_folder, processor, skipped: list) -> list:
+    "Rows whose images (if any) open, each with its PIL images in '_images'; the others are recorded in `skipped`."
     good = []
     for r in rows:
-        if r.get("image"):
-            f = Path(image_folder or ".") / r["image"]
-            try: r = {**r, "_image": _open_image(f, processor)}
-            except (OSError, ValueError) as e:
-                skipped.append(f"{name} row {r['row']}: cannot read image {f} ({e.__class__.__name__})"); continue
+        try: r = {**r, "_images": [_open_image(image_path(image_folder or ".", n), processor) for n in image_names(r)]}
+        except ValueError as e: skipped.append(f"{r['_where']}: {e}"); continue  # a bad 'image', a path out of the folder, an unreadable image
         good.append(r)
     return good
+
+def check_writable(path) -> Path:
+    "`path`, once its folder exists and a file can be written there (checked before any work); `ValueError` naming it."
+    p = Path(path)
+    for a in p.parents:
+        if a.exists():
+            if not a.is_dir(): raise ValueError(f"cannot write {p}: {a} is a file, not a folder")
+            break
+    if p.is_dir(): raise ValueError(f"cannot write {p}: it is a folder")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp"): pass
+        if p.exists(): open(p, "a").close()
+    except OSError as e: raise ValueError(f"cannot write {p}: {e.strerror or e}") from e
+    return p
 
 @torch.no_grad()
 def evaluate(model, processor, questions_file, image_folder=None, template: str = "vicuna_v1", batch_size: int = 8,
              max_new_tokens: int = 16, answers_file=None, results_file=None, model_id: str = "vmllm",
              progress: bool = True) -> dict:
-    "Answer every good row of a question file, score what has answers, and write answers/results files."
-    name = Path(questions_file).name
+    "Answer every good row of a question file, score what has answers, and write answers/results files (checked writable first)."
+    for f in (results_file, answers_file):
+        if f: check_writable(f)
     rows, skipped = read_question_rows(questions_file)
     n_rows = len(rows) + len(skipped)
     context = getattr(model.config.text_config, "max_position_embeddings", 2048)
@@ -93,17 +112,17 @@ def evaluate(model, processor, questions_file, image_folder=None, template: str 
     answers, per = [], defaultdict(list)
     bar = progress_bar(total=len(rows), desc="evaluating", disable=not progress)
     for s in range(0, len(rows), batch_size):
-        chunk = _load_images(rows[s:s + batch_size], image_folder, processor, skipped, name)
+        chunk = _load_images(rows[s:s + batch_size], image_folder, processor, skipped)
         keep = []
         for r in chunk:
-            prompt = build_prompt(question_text(r), processor, template, n_images=int("_image" in r))
+            prompt = build_prompt(question_text(r), processor, template, n_images=len(r["_images"]))
             n = len(processor.tokenize(prompt[0])[0])
             if n + max_new_tokens > context:
-                skipped.append(f"{name} row {r['row']}: prompt of {n} tokens does not fit the context of {context}")
+                skipped.append(f"{r['_where']}: prompt of {n} tokens does not fit the context of {context}")
             else: keep.append((r, prompt))
         if keep:
             replies = generate_replies(model, processor, [p for _, p in keep],
-                                       [[r["_image"]] if "_image" in r else [] for r, _ in keep], max_new_tokens)
+                                       [r["_images"] for r, _ in keep], max_new_tokens)
             for (r, _), reply in zip(keep, replies):
                 ok = is_correct(r, reply.strip())
                 cat = str(r.get("category", "all"))
@@ -150,7 +169,7 @@ def vmllm_eval(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
     answers_file = answers_file or str(Path(results_file).with_suffix("")) + ".answers.jsonl"
     try: r = evaluate(m, p, questions, image_folder, conv_mode, batch_size, max_new_tokens, answers_file, results_file,
                       model_id=Path(model).name)
-    except FileNotFoundError as e: raise SystemExit(f"vmllm_eval: {e}")
+    except (FileNotFoundError, ValueError) as e: raise SystemExit(f"vmllm_eval: {e}")  # a missing file, an output that cannot be written
     for msg in r["skipped_rows"]: print(f"skipped {msg}")
     print(results_table(r))
     print(f"answers: {answers_file}\nresults: {results_file}")

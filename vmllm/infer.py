@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from .core import IMAGE_TOKEN, progress as progress_bar
-from .data import images_to_front, pad_to_square, render_conversation
+from .data import images_to_front, open_rgb, pad_to_square, render_conversation, row_place
 from .processor import text_tower_prompt
 
 # %% auto #0
@@ -33,10 +33,9 @@ def build_prompt(question: str, # the user's message; `<image>`s are prepended w
     return text, text_tower_prompt(turns)
 
 def _open_image(im, processor, pad_square: bool = True) -> Image.Image:
-    "A PIL image (from an image or a path), RGB, padded to square as in training."
-    if not isinstance(im, Image.Image):
-        with Image.open(im) as f: im = f.convert("RGB")
-    return pad_to_square(im.convert("RGB"), processor.image_mean_colour) if pad_square else im
+    "A PIL image (from an image or a path) as training sees it: `open_rgb` (16-bit greyscale scaled, `ImageError` naming the file), padded to square."
+    im = open_rgb(im)
+    return pad_to_square(im, processor.image_mean_colour) if pad_square else im
 
 @torch.no_grad()
 def answer(model, processor, items: list, # dicts with 'question' and optionally 'image' (PIL image or path)
@@ -84,8 +83,10 @@ def score(predictions: list[str], answers: list[str], categories: list[str] | No
 def read_questions(path) -> list[dict]:
     "A LLaVA-style question file (.jsonl): rows with 'text' (or 'question'), optional 'image', 'answer', 'category'."
     rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        if line.strip(): rows.append(json.loads(line))
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"), 1):
+        if not line.strip(): continue
+        try: rows.append(json.loads(line))
+        except json.JSONDecodeError as e: raise ValueError(f"{row_place(path, i)}: not valid JSON ({e.msg})") from e
     return rows
 
 def heldout_accuracy(model, processor, questions_file, image_folder, template: str = "vicuna_v1",
