@@ -240,7 +240,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         summary["stages"][stage] = {k: v for k, v in r.items() if k != "history"}
         if acc.is_main_process:
             print(f"stage {stage}: {r['steps']} steps, final loss {r['final_loss']:.4f}, {r['samples_per_s']:.1f} samples/s, "
-                  f"{r['skipped']} rows skipped, {r['shortened']} shortened to fit")
+                  f"{r['bad_rows']} bad rows skipped ({r['skipped']} visits), {r['shortened']} shortened to fit")
     if "heldout" in cfg and acc.is_main_process:
         h = cfg["heldout"]
         summary["heldout"] = heldout_accuracy(model, proc, h["questions"], h["image_folder"],

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -267,7 +267,7 @@ def prepare_for_stage(model, cfg: StageConfig) -> list:
 def fresh_state(cfg: StageConfig) -> dict:
     "The trainer state of a stage that has not started."
     return dict(step=0, epoch=0, batch_in_epoch=0, skipped=0, shortened=0, samples=0, history=[], config=asdict(cfg),
-                data=data_fingerprint(cfg.data))
+                data=data_fingerprint(cfg.data), bad_rows=[])
 
 def resume_state(acc: Accelerator, out: Path, cfg: StageConfig, model, opt, sched) -> dict:
     "The state to continue from: the newest checkpoint's if it was written with the same settings and data."
@@ -346,6 +346,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
     ds = LlavaDataset(cfg.data, cfg.image_folder, processor, cfg.template, cfg.max_length, cfg.strict)
+    if cfg.strict: ds.check_all(raise_errors=True, progress=progress and acc.is_main_process)  # every bad row, before any step
     report = preflight(ds, cfg.preflight_rows)
     params = prepare_for_stage(model, cfg)
     world, rank = acc.num_processes, acc.process_index
@@ -364,7 +365,8 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     while state["step"] < total:
         local = _local_batches(sampler, state["epoch"], world, rank)[state["batch_in_epoch"]:]
         micro = []
-        for batch in DataLoader(ds, batch_sampler=local, collate_fn=collate, num_workers=cfg.num_workers):
+        for asked, batch in zip(local, DataLoader(ds, batch_sampler=local, collate_fn=collate, num_workers=cfg.num_workers)):
+            state["bad_rows"] = sorted(set(state.get("bad_rows", [])) | (set(asked) - set(batch.get("indices", asked))))
             micro.append(batch)
             if len(micro) < cfg.grad_accum: continue
             loss = optimizer_step(model, micro, acc, opt, sched, params, connector_params, cfg, state["step"] + 1)
@@ -381,10 +383,13 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     bar.close()
     acc.wait_for_everyone()
     final = save_final(acc, model, processor, cfg, out, state)
+    bad = sorted({i for rows in gather_object([state.get("bad_rows", [])]) for i in rows})  # each bad row once, all processes
+    if bad and acc.is_main_process:
+        (out / "bad_rows.json").write_text(json.dumps([ds.bad_rows.get(i, f"{ds.where(i)}: skipped") for i in bad], indent=1))
     rates = [h["samples_per_s"] for h in state["history"]]
     return dict(steps=state["step"], final_loss=state["history"][-1]["loss"] if state["history"] else None,
-                skipped=state["skipped"], shortened=state["shortened"], samples_per_s=rates[-1] if rates else None,
-                preflight=report, history=state["history"], final_dir=str(final))
+                skipped=state["skipped"], bad_rows=len(bad), shortened=state["shortened"],
+                samples_per_s=rates[-1] if rates else None, preflight=report, history=state["history"], final_dir=str(final))
 
 # %% ../nbs/10_train.ipynb #c016
 def caption_pairs(ds: LlavaDataset) -> list[tuple[Path, str]]:
