@@ -31,7 +31,9 @@ setuptools.setup(
     install_requires=_list('requirements'),
     extras_require={'dev': _list('dev_requirements'),
                     # lmms-eval needs torchvision, which pins one PyTorch build: an opt-in extra
-                    'lmms': _list('lmms_requirements')},
+                    'lmms': _list('lmms_requirements'),
+                    # DeepSpeed ZeRO-2/3 through accelerate (builds its ops with the system compiler on first use)
+                    'deepspeed': _list('deepspeed_requirements')},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': _list('console_scripts'),

@@ -145,6 +145,7 @@ class VisionTextEncoder(nn.Module):
         self.family = family_of(model.config)
         self.rule, self.reference_quirks = FAMILY_RULES[self.family], reference_quirks
         if self.rule.drop_last_layer: _drop_last_vision_layer(model.vision_model)
+        _scalars_as_buffers(model)
         self.model = model.requires_grad_(False).eval()
         vc, tc = model.config.vision_config, model.config.text_config
         self.vision_width, self.image_size, self.patch_size = vc.hidden_size, vc.image_size, vc.patch_size
@@ -218,6 +219,13 @@ class VisionTextEncoder(nn.Module):
             text = self.text_global(prompt_ids, prompt_mask)
             text = text if image_to_prompt is None else text[image_to_prompt]
         return EncoderOutput(hs, hs[self.rule.select_layer], text)
+
+def _scalars_as_buffers(model):
+    "The contrastive head's scalar parameters (`logit_scale`, `logit_bias`) as buffers: frozen here, and DeepSpeed cannot broadcast 0-dim parameters."
+    for name in ("logit_scale", "logit_bias"):
+        p = getattr(model, name, None)
+        if isinstance(p, nn.Parameter) and p.dim() == 0:
+            delattr(model, name); model.register_buffer(name, p.data)
 
 def _drop_last_vision_layer(vision_model):
     "Remove the last encoder layer (and the pooling head, which reads it) in place, once, as the reference does for SigLIP."

@@ -20,8 +20,9 @@ from .model import VmllmForCausalLM, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .processor import VmllmProcessor
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
-from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, changed_settings, train_contrastive, train_language_model,
-                         train_stage)
+from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
+                         zero3_off, train_contrastive, train_language_model, train_stage)
+from accelerate.utils import InitProcessGroupKwargs
 
 # %% auto #0
 __all__ = ['PRESETS', 'RUN_SAFE_TO_CHANGE', 'merge', 'parse_sets', 'resolve', 'check_stage_options', 'stage_config', 'real_model',
@@ -95,11 +96,12 @@ def check_stage_options(cfg: dict, stage: int):
     unknown = set(cfg.get(f"stage{stage}") or {}) - _STAGE_FIELDS - {"global_batch"}
     if unknown: raise ValueError(f"stage{stage}: unknown option(s) {sorted(unknown)}; options: {sorted(_STAGE_FIELDS)}")
 
-def stage_config(cfg: dict, stage: int, world: int = 1) -> StageConfig:
+def stage_config(cfg: dict, stage: int, world: int = 1, require_data: bool = True) -> StageConfig:
     "The `StageConfig` of `stage`, with gradient accumulation derived from the global batch."
     check_stage_options(cfg, stage)
     s = dict(cfg[f"stage{stage}"])
-    for key in ("data",) + (("image_folder",) if cfg.get("preset") != "toy" else ()):
+    if not require_data: s.setdefault("data", "")
+    for key in ("data",) + (("image_folder",) if cfg.get("preset") != "toy" else ()) if require_data else ():
         flag = f"--stage{stage}_{'data' if key == 'data' else 'images'}"
         if not s.get(key): raise ValueError(f"stage{stage}.{key} is not set: pass {flag} (or set it in the YAML file)")
     glob = s.pop("global_batch", None)
@@ -113,14 +115,14 @@ def stage_config(cfg: dict, stage: int, world: int = 1) -> StageConfig:
     return StageConfig(stage=stage, seed=cfg.get("seed", 0), **s)
 
 # %% ../nbs/11_recipes.ipynb #c011
-def real_model(m: dict) -> tuple:
-    "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm`."
+def real_model(m: dict, llm_dtype=torch.bfloat16) -> tuple:
+    "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm` (loaded in `llm_dtype`)."
     if m.get("init"): return load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None)
     if not m.get("llm"): raise ValueError("no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH")
     enc_path = Path(str(m["vision_tower"])).expanduser()
     encoder = load_encoder_model(m["vision_tower"])
     family = family_of(encoder.config)
-    llm = AutoModelForCausalLM.from_pretrained(m["llm"], local_files_only=True, dtype=torch.bfloat16)
+    llm = AutoModelForCausalLM.from_pretrained(m["llm"], local_files_only=True, dtype=llm_dtype)
     tok = load_llm_tokenizer(m["llm"])
     if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
     if IMAGE_TOKEN not in tok.get_vocab():
@@ -140,11 +142,16 @@ def real_model(m: dict) -> tuple:
 
 # %% ../nbs/11_recipes.ipynb #c013
 def _accelerator(cfg: dict) -> Accelerator:
-    "One Accelerator per run; a launcher's mixed-precision setting wins over the recipe's."
+    "One Accelerator per run; a launcher's mixed-precision setting wins over the recipe's. Several CPU processes talk over gloo."
     mp = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else cfg.get("mixed_precision", "no")
     if mp == "bf16" and not torch.cuda.is_available() and not torch.backends.mps.is_available(): mp = "no"
-    multi_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()  # e.g. torchrun on CPUs: gloo
-    return Accelerator(mixed_precision=mp, cpu=multi_cpu or None)
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1 or torch.cuda.is_available(): return Accelerator(mixed_precision=mp)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise ValueError("FSDP needs GPUs (accelerate does not shard models over CPU processes): on CPUs use DDP "
+                         "(torchrun --nproc_per_node N) or DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml)")
+    sharded = any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"))
+    if sharded: return Accelerator(mixed_precision=mp, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])  # DeepSpeed, FSDP
+    return Accelerator(mixed_precision=mp, cpu=True)  # DDP, e.g. torchrun on CPUs
 
 def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress: bool) -> tuple:
     "Data, tokenizers, stage-0 encoder and the untrained vMLLM model of the toy recipe."
@@ -221,10 +228,17 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     out = Path(cfg["output_dir"])
     if resume: check_resume_config(out, cfg)
     acc = _accelerator(cfg)
+    if backend_of(acc) == "deepspeed" and {1, 2} <= set(cfg["stages"]):
+        raise ValueError("under DeepSpeed run one training stage per launch, as the paper does: --stages 1 (ZeRO-2), then "
+                         "--stages 2 --init OUTPUT_DIR/stage1/final (ZeRO-3)")
+    for stage in (1, 2):  # a DeepSpeed file that disagrees with the recipe fails before any model is loaded
+        if stage in cfg["stages"]: configure_deepspeed(acc, stage_config(cfg, stage, acc.num_processes, require_data=False), apply=False)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress)
-    else: model, proc = real_model(cfg["model"])
+    with zero3_off():  # ZeRO-3 shards them when training starts
+        if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress)
+        else:  # fp32 master weights: DeepSpeed keeps them in its optimizer; DDP and FSDP train the weights as loaded
+            model, proc = real_model(cfg["model"], torch.bfloat16 if backend_of(acc) == "deepspeed" else torch.float32)
     if acc.is_main_process:
         (out / "run_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         print("resolved config:\n" + yaml.safe_dump(cfg, sort_keys=False))
@@ -234,17 +248,19 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         sc = stage_config(cfg, stage, acc.num_processes)
         final = out / f"stage{stage}" / "final"
         if resume and finished(final):
-            model, proc = load_pretrained(final); summary["stages"][stage] = dict(loaded=str(final)); continue
+            with zero3_off(): model, proc = load_pretrained(final)
+            summary["stages"][stage] = dict(loaded=str(final)); continue
         r = train_stage(model, proc, sc, out / f"stage{stage}", resume=resume, accelerator=acc, progress=progress)
-        model = acc.unwrap_model(model)
+        with zero3_off(): model, proc = load_pretrained(r["final_dir"])  # what follows uses what was saved
         summary["stages"][stage] = {k: v for k, v in r.items() if k != "history"}
         if acc.is_main_process:
             print(f"stage {stage}: {r['steps']} steps, final loss {r['final_loss']:.4f}, {r['samples_per_s']:.1f} samples/s, "
                   f"{r['bad_rows']} bad rows skipped ({r['skipped']} visits), {r['shortened']} shortened to fit")
     if "heldout" in cfg and acc.is_main_process:
         h = cfg["heldout"]
-        summary["heldout"] = heldout_accuracy(model, proc, h["questions"], h["image_folder"],
-                                              cfg["stage2"].get("template", "vicuna_v1"), progress=progress)
+        with zero3_off():  # the main process alone answers
+            summary["heldout"] = heldout_accuracy(model, proc, h["questions"], h["image_folder"],
+                                                  cfg["stage2"].get("template", "vicuna_v1"), progress=progress)
         print(f"held-out accuracy {summary['heldout']['accuracy']:.3f} on {summary['heldout']['n']} questions; "
               + ", ".join(f"{k} {v:.3f}" for k, v in summary["heldout"]["per_category"].items()))
     summary["seconds"] = time.perf_counter() - t0

@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
+from PIL import Image
+from .core import IMAGE_TOKEN
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -24,9 +26,10 @@ from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 __all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora',
            'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'CheckpointWriteError', 'atomic_dir', 'latest_checkpoint',
            'trainable_state', 'save_optimizer', 'load_optimizer', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'prepare_for_stage',
-           'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step', 'record_step', 'save_final', 'train_stage',
-           'caption_pairs', 'train_contrastive', 'train_language_model']
+           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'backend_of',
+           'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict', 'merge_lora_state',
+           'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step', 'record_step',
+           'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -83,13 +86,15 @@ def merge_lora(model):
 
 # %% ../nbs/10_train.ipynb #c010
 def token_loss_sum(logits, labels):
-    "Sum of next-token cross-entropies over labelled positions, in float32."
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    "Sum of next-token cross-entropies over labelled positions, in float32 (only those positions are upcast)."
+    targets = labels[:, 1:].to(logits.device)
+    keep = targets != IGNORE_INDEX                                       # [B, L-1]
+    return F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
 
 def n_targets(batch: dict) -> int:
-    "Labelled next-token positions of a batch."
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if "labels" in batch else 0
+    "Labelled next-token positions of a batch (none in a placeholder)."
+    if "labels" not in batch or batch.get("placeholder"): return 0
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "prompt_input_ids", "prompt_attention_mask")
 
@@ -246,6 +251,59 @@ def plot_history(history: list, path):
     ax2.set_ylabel("learning rate", color="gray")
     fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
 
+# %% ../nbs/10_train.ipynb #c012b
+def backend_of(acc: Accelerator) -> str:
+    "How the model is spread over processes: 'deepspeed', 'fsdp', 'ddp' or 'single'."
+    if acc.distributed_type == DistributedType.DEEPSPEED: return "deepspeed"
+    if acc.distributed_type == DistributedType.FSDP: return "fsdp"
+    return "ddp" if acc.num_processes > 1 else "single"
+
+def configure_deepspeed(acc: Accelerator, cfg: StageConfig, apply: bool = True):
+    "Put the recipe's batch settings into DeepSpeed's config, or refuse a DeepSpeed JSON file that sets them otherwise."
+    if backend_of(acc) != "deepspeed": return
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    want = {"train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
+            "train_batch_size": cfg.batch_size * cfg.grad_accum * acc.num_processes, "gradient_clipping": cfg.max_grad_norm}
+    user_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    for key, value in want.items():
+        have = ds.get(key, "auto")
+        if user_file and have != "auto" and float(have) != float(value):
+            raise ValueError(f"{user_file} sets {key}={have} but stage {cfg.stage} needs {value} (batch_size {cfg.batch_size} x "
+                             f"{acc.num_processes} processes x grad_accum {cfg.grad_accum}): set it to \"auto\" or change the recipe")
+        if apply: ds[key] = value
+
+@contextmanager
+def zero3_off():
+    "`transformers` acts as if ZeRO-3 were off: models are made whole (DeepSpeed shards them when its engine is made) and `generate` does not wait for the other processes."
+    from transformers.integrations import deepspeed as hf_deepspeed
+    saved, hf_deepspeed._hf_deepspeed_config_weak_ref = hf_deepspeed._hf_deepspeed_config_weak_ref, None
+    try: yield
+    finally: hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+def placeholder_batch(processor, with_image: bool) -> dict:
+    "A one-row batch of one modality; its loss is multiplied by zero (keeps every process in step under ZeRO-3/FSDP)."
+    text = IMAGE_TOKEN + "\n." if with_image else "."
+    b = processor(text, images=[Image.new("RGB", (16, 16))] if with_image else None, answers=["."], prompts=[text])
+    return dict(b, placeholder=True)
+
+def full_state_dict(acc: Accelerator, model) -> dict:
+    "The trained model's full state, gathered from every process where it is sharded (every process must call this)."
+    return acc.get_state_dict(model)
+
+def merge_lora_state(sd: dict, alpha: int, r: int) -> dict:
+    "A state dict of a LoRA-wrapped LLM with the adapters folded into the base weights, under the plain model's names."
+    out, scale = {}, alpha / r
+    for k, v in sd.items():
+        if ".lora_A." in k or ".lora_B." in k: continue
+        if ".base_layer." in k:
+            stem, kind = k.split(".base_layer.")
+            if kind == "weight":
+                a, b = sd[f"{stem}.lora_A.default.weight"], sd[f"{stem}.lora_B.default.weight"]
+                v = v + (b.float() @ a.float() * scale).to(v.dtype)   # W + B A alpha/r
+            k = f"{stem}.{kind}"
+        out[k.replace("language_model.base_model.model.", "language_model.")] = v
+    return out
+
 # %% ../nbs/10_train.ipynb #c014
 def _local_batches(sampler, epoch: int, world: int, rank: int) -> list[list[int]]:
     "This process's share of every global batch of `epoch` (batches smaller than the world are dropped)."
@@ -284,33 +342,43 @@ def resume_state(acc: Accelerator, out: Path, cfg: StageConfig, model, opt, sche
     return state
 
 def forward_sum(model, batch: dict, acc: Accelerator, params: list, connector_params: list):
-    "Loss sum of one local micro-batch (zero, but touching every trainable parameter, when it is empty)."
-    if "input_ids" not in batch: return sum(p.sum() for p in params) * 0.0
+    "Loss sum of one local micro-batch (zero for a placeholder, which still runs every module the step runs)."
     with acc.autocast():
         loss = token_loss_sum(model(**_to(batch, acc.device)).logits, batch["labels"])
-    if "pixel_values" not in batch: loss = loss + sum(p.sum() for p in connector_params) * 0.0  # DDP: used every step
+    if batch.get("placeholder"): loss = loss * 0.0
+    if "pixel_values" not in batch and backend_of(acc) == "ddp":  # DDP wants a gradient for every trainable parameter
+        loss = loss + sum(p.sum() for p in connector_params) * 0.0
     return loss
 
 def optimizer_step(model, micro: list, acc: Accelerator, opt, sched, params: list, connector_params: list,
                    cfg: StageConfig, step: int) -> float:
     "One optimizer step over `micro` (the accumulated micro-batches); returns the mean loss per target token."
-    world = acc.num_processes
+    world, engine = acc.num_processes, acc.deepspeed_engine_wrapped.engine if backend_of(acc) == "deepspeed" else None
     n_tok = acc.reduce(torch.tensor(float(sum(n_targets(b) for b in micro)), device=acc.device), "sum")
-    total_loss, bad = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    total_loss = torch.zeros((), device=acc.device)
+    ids = [i for b in micro for i in b.get("ids", [])]
+    def stop(what): return NonFiniteLoss(f"non-finite {what} at step {step} (stage {cfg.stage}); samples on process "
+                                         f"{acc.process_index}: {ids}. Nothing was saved over the last checkpoint.")
     model.train()
     for i, b in enumerate(micro):
-        with nullcontext() if i == len(micro) - 1 else acc.no_sync(model):
+        last = i == len(micro) - 1
+        with nullcontext() if last or engine else acc.no_sync(model):
             loss_sum = forward_sum(model, b, acc, params, connector_params)
-            bad += (~torch.isfinite(loss_sum.detach())).float()
-            acc.backward(loss_sum * world / n_tok.clamp_min(1))
+            if acc.reduce((~torch.isfinite(loss_sum.detach())).float(), "sum") > 0: raise stop("loss")
+            scaled = loss_sum * world / n_tok.clamp_min(1)           # the gradient of the mean over the global batch
+            if engine is None: acc.backward(scaled)
+            else:  # DeepSpeed: its engine accumulates, clips and steps at the end of the global step
+                engine.set_gradient_accumulation_boundary(is_boundary=last)
+                engine.backward(scaled, scale_wrt_gas=False)
+                if last: engine.step()
             total_loss += loss_sum.detach()
-    grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.zeros(())
-    bad += (~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))).float()
-    if acc.reduce(bad, "sum") > 0:
-        ids = [i for b in micro for i in b.get("ids", [])]
-        raise NonFiniteLoss(f"non-finite loss or gradient at step {step} (stage {cfg.stage}); samples on process "
-                            f"{acc.process_index}: {ids}. Nothing was saved over the last checkpoint.")
-    opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    if engine is None:
+        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.zeros(())
+        if acc.reduce((~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))).float(), "sum") > 0: raise stop("gradient")
+        opt.step(); opt.zero_grad(set_to_none=True)
+    elif not math.isfinite(float(engine.get_global_grad_norm() or 0.0)):
+        raise stop("gradient (DeepSpeed had already taken the step)")
+    sched.step()
     return (acc.reduce(total_loss, "sum") / n_tok.clamp_min(1)).item()
 
 def record_step(state: dict, micro: list, loss: float, lr: float, acc: Accelerator, t0: float, samples0: int):
@@ -324,11 +392,13 @@ def record_step(state: dict, micro: list, loss: float, lr: float, acc: Accelerat
     state["history"].append(dict(step=state["step"], loss=loss, lr=lr, samples_per_s=rate))
 
 def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, state: dict) -> Path:
-    "The trained model (LoRA merged), its processor and the stage's config, written atomically to `out/final`."
+    "The trained model (gathered from every process, LoRA merged), its processor and the stage's config, written atomically to `out/final`."
     final = out / "final"
+    sd = full_state_dict(acc, model)
     if acc.is_main_process:
+        if cfg.lora_r: sd = merge_lora_state(sd, cfg.lora_alpha, cfg.lora_r)
         with atomic_dir(final) as tmp:
-            merge_lora(acc.unwrap_model(model)).save_pretrained(tmp)
+            acc.unwrap_model(model).save_pretrained(tmp, state_dict=sd)
             _kill_point(f"stage{cfg.stage}:final")
             processor.save_pretrained(tmp)
             (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -350,6 +420,10 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     report = preflight(ds, cfg.preflight_rows)
     params = prepare_for_stage(model, cfg)
     world, rank = acc.num_processes, acc.process_index
+    if backend_of(acc) in ("deepspeed", "fsdp") and (cfg.save_every or resume):
+        raise ValueError(f"checkpoints and --resume are not supported under {backend_of(acc)} yet: set stage{cfg.stage}.save_every=0 "
+                         "(the final model is still saved), or train with DDP")
+    configure_deepspeed(acc, cfg)
     sampler = ModalityLengthSampler(ds.modality_lengths(), cfg.batch_size * world, seed=cfg.seed)
     steps_per_epoch = len(_local_batches(sampler, 0, world, rank)) // cfg.grad_accum
     if steps_per_epoch == 0: raise ValueError(f"{cfg.data}: too few rows for one step of {cfg.batch_size * world * cfg.grad_accum}")
@@ -367,6 +441,8 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
         micro = []
         for asked, batch in zip(local, DataLoader(ds, batch_sampler=local, collate_fn=collate, num_workers=cfg.num_workers)):
             state["bad_rows"] = sorted(set(state.get("bad_rows", [])) | (set(asked) - set(batch.get("indices", asked))))
+            if "input_ids" not in batch:  # every row was bad: run a placeholder of the step's modality instead
+                batch = {**placeholder_batch(processor, sampler.lengths[asked[0]] > 0), **{k: batch[k] for k in ("skipped", "ids", "shortened")}}
             micro.append(batch)
             if len(micro) < cfg.grad_accum: continue
             loss = optimizer_step(model, micro, acc, opt, sched, params, connector_params, cfg, state["step"] + 1)
