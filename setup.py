@@ -31,7 +31,8 @@ setuptools.setup(
     install_requires=_list('requirements'),
     extras_require={'dev': _list('dev_requirements'),
                     # lmms-eval needs torchvision, which pins one PyTorch build: an opt-in extra
-                    'lmms': _list('lmms_requirements')},
+                    'lmms': _list('lmms_requirements'),
+                    'demo': _list('demo_requirements')},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': _list('console_scripts'),
