@@ -180,6 +180,11 @@ class VmllmProcessor(ProcessorMixin):
             raise ValueError(f"the LLM tokenizer has no {image_token!r} token: add it as a special token "
                              "(tokenizer.add_special_tokens) and resize the LLM's embeddings")
 
+    def check_argument_for_proper_class(self, argument_name, argument):
+        "Tokenizers may be any tokenizer-like object (wrappers included), as before; the image processor is checked by `transformers`."
+        if "tokenizer" in argument_name and callable(argument) and hasattr(argument, "convert_tokens_to_ids"): return type(argument)
+        return super().check_argument_for_proper_class(argument_name, argument)
+
     def expand_images(self, ids: list, labels: list) -> tuple[list, list]:
         "Repeat each image token `tokens_per_image` times; image slots are never labelled."
         out_ids, out_labels = [], []
