@@ -33,7 +33,8 @@ setuptools.setup(
                     # lmms-eval needs torchvision, which pins one PyTorch build: an opt-in extra
                     'lmms': _list('lmms_requirements'),
                     # DeepSpeed ZeRO-2/3 through accelerate (builds its ops with the system compiler on first use)
-                    'deepspeed': _list('deepspeed_requirements')},
+                    'deepspeed': _list('deepspeed_requirements'),
+                    'demo': _list('demo_requirements')},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': _list('console_scripts'),

@@ -39,9 +39,11 @@ def default_max_new_tokens(context: int) -> int:
 
 class Chat:
     "A multi-turn conversation with a vmllm model about zero or more images."
-    def __init__(self, model, processor, template: str = "vicuna_v1", images=(),
+    def __init__(self, model, processor, template: str | None = None, # default: the one the model was trained with
+                 images=(),
                  max_new_tokens: int | None = None, # default `default_max_new_tokens(context)`
                  temperature: float = 0.2, top_p: float | None = None):
+        template = template or getattr(processor, "template", None) or "vicuna_v1"
         if template not in TEMPLATES: raise ValueError(f"unknown conv mode {template!r}: use one of {list(TEMPLATES)}")
         self.model, self.processor, self.template = model.eval(), processor, template
         if max_new_tokens is None: max_new_tokens = default_max_new_tokens(self.context)
@@ -140,7 +142,7 @@ def explain_prediction(model, processor, image, prompt: str, out_dir, prefix: st
 def vmllm_chat(model: Param("checkpoint directory: vmllm or released (LLaVA) layout", str, required=True) = None,
                image: str = None, # image to talk about
                vision_tower: str = None, # local CLIP/SigLIP directory, for released checkpoints without tower weights
-               conv_mode: str = "vicuna_v1", # conversation template the model was trained with
+               conv_mode: str = None, # conversation template (default: the one saved with the model)
                temperature: float = 0.2, # 0: greedy
                top_p: float = None,
                max_new_tokens: Param("tokens to generate per reply; default: a quarter of the model's context, at most 512", int) = None,

@@ -28,10 +28,15 @@ def _bias_dot(x: Tensor, lin: nn.Linear) -> Tensor:
     "`x · lin.bias` over the last axis (zero when the layer has no bias)."
     return x @ lin.bias if lin.bias is not None else x.new_zeros(x.shape[:-1])
 
+def _plain_linear(lin) -> bool:
+    "Whether `lin` is a plain `nn.Linear`, whose `.weight` is the matrix it applies (not a quantized, LoRA or other wrapper)."
+    return type(lin) is nn.Linear and lin.weight.is_floating_point()
+
 def layer_attention_fast(stack: Tensor, # [n, T, K, d]
                          q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear,
                         ) -> tuple[Tensor, Tensor]: # ([n, T, d], [n, T, K])
-    "Exactly `layer_attention_reference`, with three matrix products instead of `2K+1`."
+    "Exactly `layer_attention_reference`, with three matrix products instead of `2K+1` (the reference when a projection is not a plain Linear)."
+    if not (_plain_linear(k_proj)): return layer_attention_reference(stack, q_proj, k_proj, v_proj)
     m = stack.mean(2)                                                 # [n, T, d]
     q = q_proj(m)                                                     # [n, T, d]
     u = q @ k_proj.weight                                             # [n, T, d]: Wk^T q
@@ -51,7 +56,8 @@ def gate_reference(x: Tensor, # [n, N, e] stream tokens
 
 def gate_fast(x: Tensor, g: Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear,
              ) -> tuple[Tensor, Tensor]:
-    "Exactly `gate_reference`, folding the query projection into the global vector."
+    "Exactly `gate_reference`, folding the query projection into the global vector (the reference when it is not a plain Linear)."
+    if not _plain_linear(q_proj): return gate_reference(x, g, q_proj, k_proj, v_proj)
     kg = k_proj(g)                                                    # [n, 1, e]
     w = kg @ q_proj.weight                                            # [n, 1, e]: Wq^T kg
     s = (x @ w.transpose(1, 2) + _bias_dot(kg, q_proj)[..., None]).sigmoid()  # [n, N, 1]
@@ -108,7 +114,7 @@ class VmllmEnhancer(nn.Module):
                 return_details: bool = False, # also return layer weights and gate values (for plots)
                ):
         layer_attention, gate = IMPLS[self.impl]
-        dtype = self.proj[0].weight.dtype
+        dtype = next(p.dtype for p in self.parameters() if p.is_floating_point())  # quantized weights are not
         n = len(hidden_states)
         details, streams = {}, {}
         for name, hs in (("low", hidden_states[:n // 2]), ("high", hidden_states[n // 2:])):

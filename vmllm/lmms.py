@@ -4,10 +4,13 @@
 
 # %% ../nbs/16_lmms.ipynb #c003
 from __future__ import annotations
+import os
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from .infer import build_prompt
+from .data import images_to_front, render_conversation
+from .infer import _open_image, build_prompt, generate_replies
+from .processor import chat_turns, text_tower_prompt
 
 try:  # lmms-eval is optional: the class below only works when it is installed
     from lmms_eval.api.model import lmms as _LMMSBase
@@ -15,20 +18,60 @@ except ImportError:
     _LMMSBase = object
 
 # %% auto #0
-__all__ = ['TOY_TASK_YAML', 'TOY_TASK_UTILS', 'manifest', 'VmllmLMMS', 'write_toy_task']
+__all__ = ['TOY_TASK_YAML', 'TOY_TASK_UTILS', 'manifest', 'default_device', 'chat_request', 'VmllmLMMS', 'VmllmLMMSChat',
+           'write_toy_task']
 
 # %% ../nbs/16_lmms.ipynb #c005
 def manifest():
-    "The entry point lmms-eval reads: model id `vmllm` -> `VmllmLMMS`."
+    "The entry point lmms-eval reads: model id `vmllm` -> `VmllmLMMS` (text + visuals) and `VmllmLMMSChat` (chat messages)."
     from lmms_eval.models.registry_v2 import ModelManifest
-    return ModelManifest(model_id="vmllm", simple_class_path="vmllm.lmms.VmllmLMMS")
+    return ModelManifest(model_id="vmllm", simple_class_path="vmllm.lmms.VmllmLMMS", chat_class_path="vmllm.lmms.VmllmLMMSChat")
 
-def _images(visuals) -> list:
-    "The PIL images among a task's visuals."
-    return [v.convert("RGB") for v in (visuals or []) if isinstance(v, Image.Image)]
+def default_device(device: str | None = None, cuda: bool | None = None, env=None) -> torch.device:
+    "`device` if given, else `cuda:LOCAL_RANK` when CUDA is there (one GPU per lmms-eval process), else the CPU."
+    if device: return torch.device(device)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return torch.device(f"cuda:{int((os.environ if env is None else env).get('LOCAL_RANK', 0))}") if cuda else torch.device("cpu")
+
+def _part(p, key, default=None):
+    "A field of a content part or message, given as a dict or as an object (lmms-eval's protocol classes)."
+    return p.get(key, default) if isinstance(p, dict) else getattr(p, key, default)
+
+def chat_request(messages: list, # lmms-eval `doc_to_messages` output: role/content dicts, content parts of type image/text
+                 processor, template: str = "vicuna_v1") -> tuple[tuple[str, str], list]:
+    """((LLM prompt, text-tower prompt), images) of a chat request, rendered as `build_prompt` renders the same
+    conversation; system messages are dropped (vmllm's templates have their own)."""
+    hf, images = [], []
+    for m in messages:
+        role = _part(m, "role")
+        if role == "system": continue
+        content = _part(m, "content")
+        if isinstance(content, str): hf.append({"role": role, "content": content}); continue
+        parts = []
+        for c in content or []:
+            kind = _part(c, "type")
+            if kind == "image":
+                im = next((_part(c, k) for k in ("url", "image", "path") if _part(c, k) is not None), None)
+                if im is None: raise ValueError("an image part of the request has no url/image/path")
+                images.append(_open_image(im, processor)); parts.append({"type": "image"})
+            elif kind == "text": parts.append({"type": "text", "text": _part(c, "text", "")})
+            else: raise ValueError(f"vmllm reads image and text parts, not {kind!r}")
+        hf.append({"role": role, "content": parts})
+    if not hf or hf[-1]["role"] != "user": raise ValueError("a chat request must end with a user message")
+    turns = chat_turns(hf)
+    text, _ = render_conversation(template, [(r, images_to_front(t)) for r, t in turns], processor.tokenizer, open_end=True)
+    return (text, text_tower_prompt(turns)), images
+
+def _gen_settings(gen_kwargs: dict) -> tuple[dict, list]:
+    "(generate kwargs, stop strings) from an lmms-eval request's generation settings: greedy unless it asks otherwise."
+    temperature = float(gen_kwargs.get("temperature", 0) or 0)
+    kw = dict(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)), do_sample=temperature > 0)
+    if temperature > 0: kw.update(temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0))
+    until = gen_kwargs.get("until") or []
+    return kw, [u for u in ([until] if isinstance(until, str) else until) if u]
 
 class VmllmLMMS(_LMMSBase):
-    "lmms-eval model adapter for vmllm checkpoints (vmllm or released layout)."
+    "lmms-eval model adapter for vmllm checkpoints (vmllm or released layout): requests as text and visuals."
     def __init__(self, pretrained: str, # checkpoint directory
                  vision_tower: str | None = None, # local tower directory, for released checkpoints without tower weights
                  conv_mode: str = "vicuna_v1", device: str | None = None, batch_size: int = 1, **kwargs):
@@ -36,7 +79,8 @@ class VmllmLMMS(_LMMSBase):
         super().__init__()
         from vmllm.zoo import load_any
         self.model, self.processor = load_any(pretrained, vision_tower)
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._device = default_device(device)
+        self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.model.to(self._device).eval()
         self.conv_mode, self.batch_size_per_gpu = conv_mode, int(batch_size)
 
@@ -48,23 +92,30 @@ class VmllmLMMS(_LMMSBase):
         b = self.processor(text + extra, images=images or None, prompts=prompt)
         return {k: v.to(self._device) for k, v in b.items()}
 
+    def _request(self, args) -> tuple[tuple[str, str], list, dict]:
+        "(prompts, images, generation settings) of one generate_until request."
+        context, gen_kwargs, doc_to_visual, doc_id, task, split = args
+        images = _images(doc_to_visual(self.task_dict[task][split][doc_id]), self.processor)
+        return build_prompt(context, self.processor, self.conv_mode, n_images=len(images)), images, gen_kwargs
+
     @torch.no_grad()
     def generate_until(self, requests) -> list[str]:
-        out = []
-        for context, gen_kwargs, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
-            images = _images(doc_to_visual(self.task_dict[task][split][doc_id]))
-            b = self._inputs(context, images)
-            temperature = float(gen_kwargs.get("temperature", 0) or 0)
-            kw = dict(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)), do_sample=temperature > 0,
-                      pad_token_id=self.processor.tokenizer.pad_token_id)
-            if temperature > 0: kw.update(temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0))
-            ids = self.model.generate(**b, **kw)
-            reply = self.processor.decode(ids[0, b["input_ids"].shape[1]:], skip_special_tokens=True)
-            until = gen_kwargs.get("until") or []
-            for stop in [until] if isinstance(until, str) else until:
-                if stop: reply = reply.split(stop)[0]
-            out.append(reply.strip())
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), out[-1])
+        "Replies in request order, `batch_size` requests at a time through `vmllm.infer.generate_replies`, cut at stop strings."
+        items = [self._request(r.args) for r in requests]
+        out = [None] * len(items)
+        bs = max(1, int(self.batch_size_per_gpu))
+        for s in range(0, len(items), bs):
+            groups = {}
+            for i in range(s, min(s + bs, len(items))):  # one generate call per generation setting in the batch
+                kw, stops = _gen_settings(items[i][2])
+                groups.setdefault(repr((sorted(kw.items()), stops)), (kw, stops, []))[2].append(i)
+            for kw, stops, idx in groups.values():
+                replies = generate_replies(self.model, self.processor, [items[i][0] for i in idx], [items[i][1] for i in idx],
+                                           **kw)
+                for i, reply in zip(idx, replies):
+                    for stop in stops: reply = reply.split(stop)[0]
+                    out[i] = reply.strip()
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], items[i][2]), out[i])
         return out
 
     @torch.no_grad()
@@ -74,7 +125,7 @@ class VmllmLMMS(_LMMSBase):
             doc = self.task_dict[task][split][doc_id]
             cont = continuation(doc) if callable(continuation) else continuation
             cont = cont[0] if isinstance(cont, (list, tuple)) else str(cont)
-            images = _images(doc_to_visual(doc))
+            images = _images(doc_to_visual(doc), self.processor)
             n_prompt = self._inputs(context, images)["input_ids"].shape[1]
             b = self._inputs(context, images, extra=cont)
             logits = self.model(**b).logits[0, n_prompt - 1:-1].float()        # predictions of the continuation tokens
@@ -85,6 +136,21 @@ class VmllmLMMS(_LMMSBase):
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("vmllm's lmms-eval adapter answers single-round tasks")
+
+class VmllmLMMSChat(VmllmLMMS):
+    "lmms-eval chat adapter: requests as `doc_to_messages` chat messages (images inside the messages)."
+    is_simple = False
+    def _request(self, args):
+        context, doc_to_messages, gen_kwargs, doc_id, task, split = args
+        prompts, images = chat_request(doc_to_messages(self.task_dict[task][split][doc_id]), self.processor, self.conv_mode)
+        return prompts, images, gen_kwargs
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("the chat adapter answers generate_until requests: use the simple one for loglikelihood tasks")
+
+def _images(visuals, processor) -> list:
+    "The PIL images among a task's visuals, RGB and padded to square as in training (as `vmllm.infer.answer` does)."
+    return [_open_image(v, processor) for v in (visuals or []) if isinstance(v, Image.Image)]
 
 # %% ../nbs/16_lmms.ipynb #c008
 TOY_TASK_YAML = """task: {task}

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 import torch
 from torch import nn, Tensor
-from transformers import (AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, GenerationMixin,
+                          PretrainedConfig, PreTrainedModel)
 from transformers.models.auto import CONFIG_MAPPING
 from .core import IGNORE_INDEX, IMAGE_TOKEN, build_tokenizer, require_files, tiny_llm_config
 from .encoder import VisionTextEncoder, _model_from_config, build_image_processor, family_of, tiny_encoder_config
@@ -108,6 +109,8 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.mm_projector = build_connector(config.mm_projector_type, self.vision_tower, config.text_config.hidden_size,
                                             config.enhance_impl, tuple(config.enhance_streams), tuple(config.enhance_gates))
+        # device maps keep each tower layer whole (post_init adds the LLM's decoder layers, a PreTrainedModel child)
+        self._no_split_modules = list(getattr(self.vision_tower.model, "_no_split_modules", None) or [])
         self.post_init()
 
     def _init_weights(self, module):
@@ -117,13 +120,32 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, vision_tower=None, **kwargs):
-        "`PreTrainedModel.from_pretrained`; a released (LLaVA-layout) directory is recognised and converted on the fly."
+        """`PreTrainedModel.from_pretrained` (`dtype`, `device_map`, `quantization_config` as for any model; a quantized
+        model keeps its towers, connector and LM head unquantized unless the config names its own skip list); a released
+        (LLaVA-layout) directory is recognised and converted on the fly by `vmllm.zoo.load_reference`."""
+        q = kwargs.get("quantization_config")
+        if q is not None:
+            if not torch.cuda.is_available():
+                raise ValueError(f"quantization_config ({type(q).__name__}) needs a CUDA GPU and none is visible: "
+                                 "load without it (dtype=torch.bfloat16 halves the memory) or on a GPU machine")
+            if getattr(q, "llm_int8_skip_modules", "absent") is None: q.llm_int8_skip_modules = ["vision_tower", "mm_projector", "lm_head"]
         p = Path(str(pretrained_model_name_or_path))
         if (p / "config.json").is_file():
             cfg = json.loads((p / "config.json").read_text())
             if cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava")):
+                if q is not None: raise ValueError(f"{p} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
+                                                   "then load the vmllm directory with quantization_config")
                 from vmllm.zoo import load_reference
-                return load_reference(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
+                model = load_reference(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
+                device_map = kwargs.get("device_map")
+                if isinstance(device_map, (str, torch.device)) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+                    model = model.to(device_map)
+                elif device_map is not None:
+                    from accelerate import dispatch_model, infer_auto_device_map
+                    dm = device_map if isinstance(device_map, dict) else infer_auto_device_map(
+                        model, kwargs.get("max_memory"), no_split_module_classes=list(model._no_split_modules))
+                    model = dispatch_model(model, dm)
+                return model
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def get_input_embeddings(self): return self.language_model.get_input_embeddings()
@@ -203,13 +225,24 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def generate(self, input_ids: Tensor | None = None, pixel_values: Tensor | None = None,
                  attention_mask: Tensor | None = None, **kwargs):
-        "`GenerationMixin.generate`, after expanding LLaVA-style single image tokens (the output then starts with the expanded prompt)."
+        """`GenerationMixin.generate`, after expanding LLaVA-style single image tokens; the output starts with the `input_ids`
+        given either way, so `out[:, input_ids.shape[1]:]` are the new tokens."""
+        expanded = False
         if input_ids is not None and pixel_values is not None:
-            (input_ids, attention_mask, _), _ = self._maybe_expand(input_ids, attention_mask, None, pixel_values.shape[0])
-        return super().generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
+            given = input_ids
+            (input_ids, attention_mask, _), expanded = self._maybe_expand(input_ids, attention_mask, None, pixel_values.shape[0])
+        out = super().generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
+        if not expanded: return out
+        seqs = out if isinstance(out, Tensor) else out.sequences
+        seqs = torch.cat([given.to(seqs.device).repeat_interleave(seqs.shape[0] // given.shape[0], 0), seqs[:, input_ids.shape[1]:]], 1)
+        if isinstance(out, Tensor): return seqs
+        out.sequences = seqs
+        return out
 
 AutoConfig.register("vmllm", VmllmConfig, exist_ok=True)
 AutoModelForCausalLM.register(VmllmConfig, VmllmForCausalLM, exist_ok=True)
+AutoModelForImageTextToText.register(VmllmConfig, VmllmForCausalLM, exist_ok=True)
+AutoProcessor.register(VmllmConfig, VmllmProcessor, exist_ok=True)
 
 # %% ../nbs/05_model.ipynb #c010
 def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import torch
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 from .core import IGNORE_INDEX, IMAGE_TOKEN, load_llm_tokenizer, require_files
 from .encoder import build_image_processor, load_image_processor, text_input_rule
 
 # %% auto #0
-__all__ = ['text_tower_prompt', 'encode_text', 'VmllmProcessor', 'pad_rows']
+__all__ = ['text_tower_prompt', 'encode_text', 'pad_rows', 'chat_turns', 'chat_template_for', 'VmllmProcessor']
 
 # %% ../nbs/04_processor.ipynb #c005
 def _as_list(x) -> list: return [x] if isinstance(x, str) else list(x)
@@ -50,9 +50,116 @@ def encode_text(tokenizer, text: str, image_token: str = IMAGE_TOKEN, image_toke
         start += len(chunk) + len(image_token)
     return ids, offsets
 
-class VmllmProcessor:
-    "Tokenizer, encoder tokenizer and image processor of a vmllm model, behind one call."
-    config_name = "vmllm_processor.json"
+def pad_rows(rows: list, value: int, side: str = "right") -> dict:
+    "Pad lists of ids to one tensor on `side`, with the matching attention mask."
+    if side not in ("left", "right"): raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(n - len(r), n) if side == "left" else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = torch.tensor(r, dtype=torch.long), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# %% ../nbs/04_processor.ipynb #c005b
+def _content_text(content, role: str) -> str:
+    "A message's text as a data row holds it: one `<image>\\n` per image part in front of the text parts."
+    if isinstance(content, str): return content
+    if content is None: return ""
+    n, text = 0, ""
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image": n += 1
+        elif kind == "text": text += part.get("text", "")
+        else: raise ValueError(f"a {role} message has a content part of type {kind!r}: vmllm reads 'image' and 'text' parts")
+    return (IMAGE_TOKEN + "\n") * n + text
+
+def chat_turns(messages: list, # [{'role': 'user'|'assistant', 'content': str or [{'type': 'image'}, {'type': 'text', 'text': ...}]}]
+              ) -> list:
+    "`[(role, text)]` turns ('human'/'gpt') of chat messages, with each message's images as `<image>\\n` in front of its text."
+    roles = {"user": "human", "assistant": "gpt"}
+    turns = []
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
+        if role not in roles:
+            raise ValueError(f"message {i} has role {role!r}: vmllm's templates take 'user' and 'assistant' messages "
+                             "(their system prompt is fixed)")
+        content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
+        turns.append((roles[role], _content_text(content, role)))
+    return turns
+
+# Jinja: the same reading of a message, then `images_to_front` (vmllm.data), then the template's layout
+_JINJA_MESSAGE = """{%- macro vmllm_text(message) -%}
+{%- if message['content'] is string -%}{%- set raw = message['content'] -%}
+{%- elif message['content'] is none -%}{%- set raw = '' -%}
+{%- else -%}
+{%- set ns = namespace(n=0, text='') -%}
+{%- for part in message['content'] -%}
+{%- if part['type'] == 'image' -%}{%- set ns.n = ns.n + 1 -%}
+{%- elif part['type'] == 'text' -%}{%- set ns.text = ns.text ~ part['text'] -%}
+{%- else -%}{{ raise_exception("vmllm reads 'image' and 'text' content parts, not " ~ part['type']) }}
+{%- endif -%}
+{%- endfor -%}
+{%- set raw = '<image>\\n' * ns.n ~ ns.text -%}
+{%- endif -%}
+{%- set k = raw.count('<image>') -%}
+{%- if k > 0 -%}{{ ('<image>\\n' * k ~ raw.replace('<image>', '').strip()).strip() }}{%- else -%}{{ raw }}{%- endif -%}
+{%- endmacro -%}
+{%- for message in messages -%}
+{%- if message['role'] not in ['user', 'assistant'] -%}{{ raise_exception("vmllm's templates take 'user' and 'assistant' messages, not " ~ message['role']) }}{%- endif -%}
+{%- endfor -%}
+"""
+_JINJA = {
+"vicuna_v1": """{{- 'A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user\\'s questions. ' -}}
+{%- for message in messages -%}
+{%- set text = vmllm_text(message) -%}
+{%- if message['role'] == 'user' -%}{%- if text -%}{{ 'USER: ' ~ text ~ ' ' }}{%- else -%}{{ 'USER:' }}{%- endif -%}
+{%- else -%}{{ 'ASSISTANT:' }}{%- if text -%}{{ ' ' ~ text ~ eos_token }}{%- endif -%}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}""",
+}
+_LLAMA3 = """{{- BEGIN ~ '<|start_header_id|>system<|end_header_id|>\\n\\n' ~ SYSTEM ~ '<|eot_id|>' -}}
+{%- for message in messages -%}
+{%- set text = vmllm_text(message) -%}
+{{- '<|start_header_id|>' ~ message['role'] ~ '<|end_header_id|>\\n\\n' -}}
+{%- if text -%}{{ text ~ '<|eot_id|>' }}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"""
+_PLAIN = """{%- if messages | length > 2 or (messages | length == 1 and not add_generation_prompt) -%}
+{{ raise_exception("template 'plain' takes one (image, caption) pair: use a chat template (vicuna_v1, llama3) for conversations") }}
+{%- endif -%}
+{%- if vmllm_text(messages[0]).count('<image>') != 1 -%}{{ raise_exception("template 'plain' takes exactly one image") }}{%- endif -%}
+{{- '<image>' -}}
+{%- if messages | length > 1 -%}{{ vmllm_text(messages[1]) ~ '\\n' }}{%- endif -%}"""
+
+def chat_template_for(template: str) -> str:
+    "The Jinja chat template that renders chat messages as `render_conversation(template, chat_turns(messages))` does."
+    import json
+    from vmllm.data import LLAMA3_SYSTEM, VICUNA_SYSTEM  # data imports this module: read when called
+    layouts = {"vicuna_v1": _JINJA["vicuna_v1"], "plain": _PLAIN,
+               "llama3": _LLAMA3.replace("BEGIN", json.dumps("<|begin_of_text|>")).replace("SYSTEM", json.dumps(VICUNA_SYSTEM)),
+               "llama3_next": _LLAMA3.replace("BEGIN", '""').replace("SYSTEM", json.dumps(LLAMA3_SYSTEM))}
+    if template not in layouts:
+        raise ValueError(f"no chat template for {template!r}: use one of {list(layouts)} "
+                         "('chat_template' models use their tokenizer's own)")
+    return _JINJA_MESSAGE + layouts[template]
+
+def _load_image(part: dict, colour: tuple):
+    "The image of an `image` content part (a PIL image under `image`, or a path/URL under `url`/`path`), RGB and padded to square as in training."
+    from transformers.image_utils import load_image
+    from vmllm.data import pad_to_square
+    im = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
+    if im is None: raise ValueError("an image part of the conversation has no 'image', 'url' or 'path'")
+    return pad_to_square(load_image(im).convert("RGB"), colour)
+
+
+# %% ../nbs/04_processor.ipynb #c005e
+class VmllmProcessor(ProcessorMixin):
+    "Tokenizer, encoder tokenizer and image processor of a vmllm model, behind one call: a `transformers` processor."
+    config_name = "vmllm_processor.json"  # the settings file; checkpoints older than `processor_config.json` have only this
+    _settings = ("tokens_per_image", "family", "text_max_length", "image_token", "reference_quirks", "template")
     def __init__(self, tokenizer, # the LLM's tokenizer; it must know `image_token`
                  encoder_tokenizer, # the text tower's tokenizer (CLIP's or SigLIP's)
                  image_processor, # the vision tower's image processor
@@ -60,15 +167,23 @@ class VmllmProcessor:
                  family: str, # encoder family: sets how prompts are padded
                  text_max_length: int, # the text tower's context; prompts are truncated to it
                  image_token: str = IMAGE_TOKEN,
-                 reference_quirks: bool = True): # prompts padded as the reference pads them (see `text_input_rule`)
-        self.tokenizer, self.encoder_tokenizer, self.image_processor = tokenizer, encoder_tokenizer, image_processor
+                 reference_quirks: bool = True, # prompts padded as the reference pads them (see `text_input_rule`)
+                 template: str | None = "vicuna_v1", # conversation template the model was trained with (`chat_template_for`)
+                 chat_template: str | None = None): # Jinja chat template; default: `template`'s
+        if chat_template is None and template is not None: chat_template = chat_template_for(template)
+        super().__init__(tokenizer, encoder_tokenizer, image_processor, chat_template=chat_template)
         self.tokens_per_image, self.family, self.text_max_length = tokens_per_image, family, text_max_length
-        self.reference_quirks = reference_quirks
+        self.reference_quirks, self.template = reference_quirks, template
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"the LLM tokenizer has no {image_token!r} token: add it as a special token "
                              "(tokenizer.add_special_tokens) and resize the LLM's embeddings")
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        "Tokenizers may be any tokenizer-like object (wrappers included), as before; the image processor is checked by `transformers`."
+        if "tokenizer" in argument_name and callable(argument) and hasattr(argument, "convert_tokens_to_ids"): return type(argument)
+        return super().check_argument_for_proper_class(argument_name, argument)
 
     def expand_images(self, ids: list, labels: list) -> tuple[list, list]:
         "Repeat each image token `tokens_per_image` times; image slots are never labelled."
@@ -108,12 +223,23 @@ class VmllmProcessor:
         "The processor's mean colour as 0-255 RGB: what LLaVA pads images to square with."
         return tuple(int(255 * m) for m in self.image_processor.image_mean)  # truncated, as LLaVA does
 
-    def __call__(self, text, # one string or a list: the LLM input, with `<image>` where images go
+    @property
+    def model_input_names(self) -> list:
+        return ["input_ids", "attention_mask", "pixel_values", "prompt_input_ids", "prompt_attention_mask"]
+
+    def __call__(self, text=None, # one string or a list: the LLM input, with `<image>` where images go
                  images=None, # PIL images in order of appearance, flat or one list per text
                  prompts=None, # text for the text tower (default: `text`); vMLLM uses `text_tower_prompt(turns)`
                  answers=None, # targets for training: appended to `text`, the only labelled tokens
                  padding_side: str = "right", # 'left' for batched generation
-                ) -> BatchFeature:
+                 return_tensors: str | None = "pt", # 'pt', or None for lists
+                 padding: bool | str = True, # True/'longest' pads rows to the longest; False/'do_not_pad' needs equal lengths
+                 **kwargs) -> BatchFeature:
+        if kwargs: raise TypeError(f"VmllmProcessor got unexpected arguments {sorted(kwargs)}")
+        if text is None: raise ValueError("VmllmProcessor needs text (with one <image> per image)")
+        if return_tensors not in ("pt", None): raise ValueError(f"return_tensors={return_tensors!r}: VmllmProcessor returns 'pt' tensors or lists (None)")
+        if padding not in (True, False, "longest", "do_not_pad"):
+            raise ValueError(f"padding={padding!r}: use True/'longest' or False/'do_not_pad'")
         texts = _as_list(text)
         images = _flatten_images(images, len(texts))
         n_placeholders = sum(t.count(self.image_token) for t in texts)
@@ -121,43 +247,62 @@ class VmllmProcessor:
             raise ValueError(f"{n_placeholders} {self.image_token} placeholders in the text but {len(images)} images")
         answers = [None] * len(texts) if answers is None else _as_list(answers)
         if len(answers) != len(texts): raise ValueError(f"{len(texts)} texts but {len(answers)} answers")
+        prompts = texts if prompts is None else _as_list(prompts)
+        if len(prompts) != len(texts): raise ValueError(f"{len(texts)} texts but {len(prompts)} prompts")
         rows = [self.tokenize(t, a) for t, a in zip(texts, answers)]
+        if padding in (False, "do_not_pad") and len({len(r[0]) for r in rows}) > 1:
+            raise ValueError(f"the texts tokenise to {sorted({len(r[0]) for r in rows})} tokens: pass padding=True")
         out = pad_rows([r[0] for r in rows], self.tokenizer.pad_token_id, padding_side)
         if answers[0] is not None: out["labels"] = pad_rows([r[1] for r in rows], IGNORE_INDEX, padding_side)["input_ids"]
         if images: out["pixel_values"] = self.pixel_values(images)
-        out.update(self.prompt_inputs(texts if prompts is None else _as_list(prompts)))
+        out.update(self.prompt_inputs(prompts))
+        if return_tensors is None: out = {k: v.tolist() for k, v in out.items()}
         return BatchFeature(out)
+
+    def apply_chat_template(self, conversation, # messages, or a list of conversations
+                            chat_template: str | None = None, add_generation_prompt: bool = False,
+                            tokenize: bool = False, return_dict: bool = False, return_tensors: str | None = "pt",
+                            processor_kwargs: dict | None = None, **kwargs):
+        """The conversation rendered by the chat template; with `tokenize=True`, the processor's output for it, the
+        text tower reading `text_tower_prompt(chat_turns(messages))`. Images come from the `image` parts
+        (`image`, `url` or `path`)."""
+        text = super().apply_chat_template(conversation, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+                                           tokenize=False, **kwargs)
+        if not tokenize: return text
+        convs, batched = self._normalize_conversations(conversation)
+        images = [[_load_image(part, self.image_mean_colour) for m in c if isinstance(m.get("content"), list)
+                   for part in m["content"] if isinstance(part, dict) and part.get("type") == "image"] for c in convs]
+        prompts = [text_tower_prompt(chat_turns(c)) for c in convs]
+        kw = {k: v for k, v in (processor_kwargs or {}).items() if k not in ("add_special_tokens",)}
+        out = self(text if batched else [text], images=images if any(images) else None, prompts=prompts,
+                   return_tensors=return_tensors if return_tensors != "auto" else "pt", **kw)
+        return out if return_dict else out["input_ids"]
 
     def decode(self, ids, **kwargs) -> str: return self.tokenizer.decode(ids, **kwargs)
     def batch_decode(self, ids, **kwargs) -> list: return self.tokenizer.batch_decode(ids, **kwargs)
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs) -> list:
+        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
-    def save_pretrained(self, path):
-        "Save the tokenizers, the image processor and the processor's settings in `path`."
+    def save_pretrained(self, path, **kwargs):
+        "Save the tokenizers, the image processor, the settings (`processor_config.json`, `vmllm_processor.json`) and `chat_template.jinja`."
         path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(path)
-        self.encoder_tokenizer.save_pretrained(path / "encoder_tokenizer")
+        files = super().save_pretrained(path, **kwargs)
         self.image_processor.save_pretrained(path)
-        cfg = dict(tokens_per_image=self.tokens_per_image, family=self.family, text_max_length=self.text_max_length,
-                   image_token=self.image_token, reference_quirks=self.reference_quirks)
-        (path / self.config_name).write_text(json.dumps(cfg, indent=2))
+        (path / self.config_name).write_text(json.dumps({k: getattr(self, k) for k in self._settings if k != "template"}, indent=2))
+        return files
 
     @classmethod
-    def from_pretrained(cls, path):
-        "Load a processor saved by `save_pretrained` from local directory `path`."
-        path = require_files(path, cls.config_name, "tokenizer_config.json", "encoder_tokenizer/tokenizer_config.json",
-                             "preprocessor_config.json", what="processor")
-        cfg = json.loads((path / cls.config_name).read_text())
+    def from_pretrained(cls, path, **kwargs):
+        "Load a processor saved by `save_pretrained` (or by vmllm before it was a `ProcessorMixin`) from local directory `path`."
+        path = require_files(path, "processor_config.json|" + cls.config_name, "tokenizer_config.json",
+                             "encoder_tokenizer/tokenizer_config.json", "preprocessor_config.json", what="processor")
+        cfg = {}
+        for name in (cls.config_name, "processor_config.json"):  # the newer file wins
+            if (path / name).is_file(): cfg.update(json.loads((path / name).read_text()))
+        cfg = {k: cfg[k] for k in cls._settings if k in cfg}
+        tpl = path / "chat_template.jinja"
+        if tpl.is_file(): cfg["chat_template"] = tpl.read_text(encoding="utf-8")
         return cls(load_llm_tokenizer(path),
                    AutoTokenizer.from_pretrained(path / "encoder_tokenizer", local_files_only=True),
                    load_image_processor(path, cfg["family"]), **cfg)
 
-def pad_rows(rows: list, value: int, side: str = "right") -> dict:
-    "Pad lists of ids to one tensor on `side`, with the matching attention mask."
-    if side not in ("left", "right"): raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(n - len(r), n) if side == "left" else slice(0, len(r))
-        ids[i, sl], mask[i, sl] = torch.tensor(r, dtype=torch.long), 1
-    return {"input_ids": ids, "attention_mask": mask}

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 from .core import IGNORE_INDEX, progress as progress_bar
 from .encoder import text_input_rule
+from .processor import chat_template_for
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 
 # %% auto #0
@@ -400,6 +401,8 @@ def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, 
         with atomic_dir(final) as tmp:
             acc.unwrap_model(model).save_pretrained(tmp, state_dict=sd)
             _kill_point(f"stage{cfg.stage}:final")
+            if cfg.template != "chat_template":  # saved with the model: chat, evaluation and the pipeline render as trained
+                processor.template, processor.chat_template = cfg.template, chat_template_for(cfg.template)
             processor.save_pretrained(tmp)
             (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
         (out / "history.json").write_text(json.dumps(state["history"]))
