@@ -1,14 +1,4 @@
 __version__ = "0.1.0"
 
-
-# %% ../nbs/05_model.ipynb #c037b
-import vmllm.model  # registers vmllm with AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-
-# %% ../nbs/05_model.ipynb #c037b
-import vmllm.model  # registers vmllm with AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-
-# %% ../nbs/05_model.ipynb #c037b
-import vmllm.model  # registers vmllm with AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-
-# %% ../nbs/05_model.ipynb #c037b
-import vmllm.model  # registers vmllm with AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+# `import vmllm` registers vmllm's config, model and processor with transformers' Auto classes (nbs/05_model.ipynb)
+from . import model as _model
