@@ -2,11 +2,14 @@
 with the shipped configs) train a toy stage with gradient accumulation to the same per-step losses as one process
 with the same global batch, and save a final model that reloads with the same logits. DeepSpeed is an optional extra
 (`pip install -e ".[deepspeed]"`); without it its cases skip. FSDP needs GPUs: accelerate does not shard over CPU
-processes, so on CPUs its config is refused with a message saying what to use instead."""
+processes, so on CPUs its config is refused with a message saying what to use instead. Own CI step:
+`pytest -m backends tests`."""
 import importlib.util, json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest, torch
+
+pytestmark = pytest.mark.backends
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"

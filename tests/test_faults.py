@@ -1,7 +1,7 @@
 """Crash and resume, through `vmllm_train` as a user runs it: a two-stage toy run killed with SIGKILL at a
 moment chosen by `VMLLM_KILL_AT` (inside a step, inside a checkpoint write, inside the final save) and then
 resumed must end with the same weights, bit for bit, as a run that was never interrupted; a resume with other
-settings is refused; `--init` is used. Alone: `pytest -m faults tests`.
+settings is refused; `--init` is used. Own CI step: `pytest -m faults tests`.
 
 Bit for bit across processes needs a reproducible BLAS: MKL picks its kernels by memory alignment, so two CPU
 processes can differ in the last bit of a matrix product; `MKL_CBWR=COMPATIBLE` (set for every run here) fixes its
