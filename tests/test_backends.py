@@ -1,6 +1,7 @@
 """Training at scale, on two CPU processes: DDP (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 (through `accelerate launch`
 with the shipped configs) train a toy stage with gradient accumulation to the same per-step losses as one process
-with the same global batch, and save a final model that reloads with the same logits. DeepSpeed is an optional extra
+with the same global batch, and save a final model that reloads with the same logits; a DeepSpeed run killed after a
+checkpoint resumes to the same weights and refuses a planted pickle. DeepSpeed is an optional extra
 (`pip install -e ".[deepspeed]"`); without it its cases skip. FSDP needs GPUs: accelerate does not shard over CPU
 processes, so on CPUs its config is refused with a message saying what to use instead. Own CI step:
 `pytest -m backends tests`."""
@@ -86,3 +87,32 @@ def test_fsdp_on_cpus_says_what_to_use(tmp_path):
     r = subprocess.run(launch("fsdp.yaml") + ["--preset", "toy", "--stages", "1", "--output_dir", str(tmp_path / "x"), "--set", TINY],
                        capture_output=True, text=True, timeout=600, env=ENV)
     assert r.returncode != 0 and "FSDP needs GPUs" in r.stderr, r.stderr[-2000:]
+
+
+@no_deepspeed
+@pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
+def test_deepspeed_run_resumes_exactly_and_safely(config, tmp_path):
+    "Killed after a checkpoint, resumed: the same weights as a run never interrupted; a planted pickle is refused, not run."
+    from safetensors.torch import load_file
+    sets = TINY.replace("stage1.max_steps=3", "stage1.max_steps=4").replace("stage1.save_every=0", "stage1.save_every=2")
+    env = {**ENV, "MKL_CBWR": "COMPATIBLE"}  # reproducible BLAS across processes (see tests/test_faults.py)
+    def go(out, *extra, kill=None):
+        e = {**env, "VMLLM_KILL_AT": kill} if kill else env
+        return subprocess.run(launch(config) + ["--preset", "toy", "--stages", "0,1", "--output_dir", str(out), "--set",
+                                                f"{sets} stage1.batch_size=4", *extra], capture_output=True, text=True, timeout=900, env=e)
+    assert go(tmp_path / "straight").returncode == 0
+    assert go(tmp_path / "run", kill="stage1:step3").returncode != 0
+    assert (tmp_path / "run" / "stage1" / "checkpoint-2" / "deepspeed").is_dir()
+    evil = shutil.copytree(tmp_path / "run", tmp_path / "evil")
+    marker = tmp_path / "pwned"
+    class Exploit:
+        def __reduce__(self): return (os.system, (f"touch {marker}",))
+    import pickle
+    for f in (evil / "stage1" / "checkpoint-2" / "deepspeed").glob("*optim_states.pt"): f.write_bytes(pickle.dumps(Exploit()))
+    r = go(evil, "--resume")
+    assert r.returncode != 0 and not marker.exists(), r.stderr[-2000:]
+    assert "Weights only load failed" in r.stderr or "Unsupported global" in r.stderr, r.stderr[-2000:]
+    r = go(tmp_path / "run", "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (load_file(tmp_path / d / "stage1" / "final" / "model.safetensors") for d in ("straight", "run"))
+    assert all((a[k] == b[k]).all() for k in a), config

@@ -26,11 +26,11 @@ from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora',
            'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'CheckpointWriteError', 'atomic_dir', 'latest_checkpoint',
-           'trainable_state', 'save_optimizer', 'load_optimizer', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'backend_of',
-           'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict', 'merge_lora_state',
-           'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step', 'record_step',
-           'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
+           'trainable_state', 'save_optimizer', 'load_optimizer', 'rng_state', 'set_rng_state',
+           'deepspeed_safe_loading', 'save_checkpoint', 'load_checkpoint', 'data_fingerprint', 'changed_settings',
+           'plot_history', 'backend_of', 'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict',
+           'merge_lora_state', 'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step',
+           'record_step', 'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -179,6 +179,19 @@ def set_rng_state(s: dict):
     torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all([torch.tensor(x, dtype=torch.uint8) for x in s["cuda"]])
 
+@contextmanager
+def deepspeed_safe_loading():
+    "DeepSpeed reads its checkpoints with `torch.load(weights_only=False)`, which can run code: read them with `weights_only=True`, allowing only its three data classes."
+    from deepspeed.runtime.checkpoint_engine import torch_checkpoint_engine as engine_module
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    original = engine_module.TorchCheckpointEngine.load
+    engine_module.TorchCheckpointEngine.load = lambda self, path, map_location=None: torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]): yield
+    finally: engine_module.TorchCheckpointEngine.load = original
+
 def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt, sched, keep: int = 2) -> Path:
     "Write a checkpoint atomically (every process its RNG, the main one the rest) and prune old ones; returns its folder."
     final = Path(output_dir) / f"checkpoint-{state['step']}"
@@ -187,10 +200,13 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt,
     acc.wait_for_everyone()
     try:
         (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(rng_state()))
-        if acc.is_main_process:
+        if backend_of(acc) == "deepspeed":  # sharded weights and optimizer: every process writes its part, DeepSpeed's way
+            acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp), tag="deepspeed", client_state={}, save_latest=False)
+        elif acc.is_main_process:
             save_file(trainable_state(acc.unwrap_model(model)), tmp / "trainable.safetensors")
-            _kill_point(f"stage{state['config']['stage']}:checkpoint{state['step']}")
             save_optimizer(opt, tmp)
+        _kill_point(f"stage{state['config']['stage']}:checkpoint{state['step']}")
+        if acc.is_main_process:
             (tmp / "scheduler.json").write_text(json.dumps(sched.state_dict()))
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: a folder without it is incomplete
     except (OSError, RuntimeError, SafetensorError) as e: raise _write_failed(tmp, final, e) from e
@@ -204,6 +220,14 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt,
 
 def load_checkpoint(acc: Accelerator, ckpt: Path, model, opt, sched) -> dict:
     "Restore what `save_checkpoint` wrote (nothing in it can run code); returns the trainer state."
+    if backend_of(acc) == "deepspeed":
+        if not (ckpt / "deepspeed").is_dir(): raise ValueError(f"{ckpt} was not written under DeepSpeed: resume with the backend that wrote it")
+        with deepspeed_safe_loading():
+            acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
+                                                                load_lr_scheduler_states=False)
+        sched.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
+        set_rng_state(json.loads((ckpt / f"rng-{acc.process_index}.json").read_text()))
+        return json.loads((ckpt / STATE_FILE).read_text())
     inner = acc.unwrap_model(model)
     if not (ckpt / "trainable.safetensors").exists():
         raise ValueError(f"{ckpt} is not a checkpoint of this vmllm version (an older one used pickled state, which resuming "
@@ -423,9 +447,9 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     report = preflight(ds, cfg.preflight_rows)
     params = prepare_for_stage(model, cfg)
     world, rank = acc.num_processes, acc.process_index
-    if backend_of(acc) in ("deepspeed", "fsdp") and (cfg.save_every or resume):
-        raise ValueError(f"checkpoints and --resume are not supported under {backend_of(acc)} yet: set stage{cfg.stage}.save_every=0 "
-                         "(the final model is still saved), or train with DDP")
+    if backend_of(acc) == "fsdp" and (cfg.save_every or resume):
+        raise ValueError(f"checkpoints and --resume are not supported under FSDP yet: set stage{cfg.stage}.save_every=0 "
+                         "(the final model is still saved), or train with DDP or DeepSpeed")
     configure_deepspeed(acc, cfg)
     sampler = ModalityLengthSampler(ds.modality_lengths(), cfg.batch_size * world, seed=cfg.seed)
     steps_per_epoch = len(_local_batches(sampler, 0, world, rank)) // cfg.grad_accum
