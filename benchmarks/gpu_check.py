@@ -1,0 +1,168 @@
+"""GPU check: stage-2 training at real size, with random weights (nothing is downloaded).
+
+    python benchmarks/gpu_check.py                            # one GPU; about 5 minutes on an H100
+    python benchmarks/gpu_check.py --tiny --device cpu        # the same code path on tiny models (a smoke test)
+
+What it measures, printed with the command and the machine:
+1. stage-2 steps (connector + LLM train, towers frozen) with the SigLIP-SO400M/14-384 tower and a 1B-class Llama
+   (hidden 2048, 16 layers, vocabulary 32000), fp32 weights under bf16 autocast with gradient checkpointing, for the
+   vMLLM connector and the LLaVA-1.5 connector: samples/s, peak memory, model FLOPs utilisation and the connector's
+   share of the step time;
+2. the enhancement alone, forward+backward, reference formulation against the fast form: time and peak memory;
+3. if DeepSpeed is installed: a single-process ZeRO-2 and ZeRO-3 step whose gathered model is saved and reloads.
+
+MFU formula: FLOPs per sample = 6 * P_LLM * T (forward + backward of the trained LLM) + 2 * P_LLM * T (the forward
+recomputed by gradient checkpointing) + 2 * P_tower * 729 (the frozen tower's forward) + 6 * P_connector * 729, over
+the GPU's dense bf16 peak (--peak-tflops, 989 for an H100 SXM). Attention's T^2 terms are left out (T = 729 image
+slots + text), so this under-counts slightly.
+"""
+import argparse, json, os, platform, shlex, sys, tempfile, time
+from pathlib import Path
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+from vmllm.core import IGNORE_INDEX
+from vmllm.encoder import _model_from_config, encoder_config, tiny_encoder_config
+from vmllm.model import VmllmForCausalLM
+from vmllm.train import set_trainable, token_loss_sum
+
+sys.path.insert(0, str(Path(__file__).parent))
+from enhance_speed import bench as enhance_bench  # noqa: E402
+
+
+def build(connector: str, tiny: bool, device):
+    "A vMLLM model from random real-size (or tiny) parts, on `device`."
+    torch.manual_seed(0)
+    if tiny:
+        enc = _model_from_config(tiny_encoder_config("siglip", vocab_size=512, image_size=32, patch_size=8))
+        llm_cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    else:
+        enc = _model_from_config(encoder_config("siglip-so400m-384"))
+        llm_cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                              num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096)
+    llm = AutoModelForCausalLM.from_config(llm_cfg)
+    model = VmllmForCausalLM.from_parts(enc, llm, image_token_index=llm_cfg.vocab_size - 1, mm_projector_type=connector)
+    return model.to(device)
+
+
+def batch(model, n: int, text_len: int, device):
+    "A stage-2-shaped batch: one image's slots, then text, labels on the text."
+    cfg, slots = model.config, model.tokens_per_image
+    vocab, image_id = cfg.text_config.vocab_size, cfg.image_token_index
+    text = torch.randint(3, vocab - 1, (n, text_len))
+    ids = torch.cat([torch.full((n, slots), image_id), text], 1)
+    labels = torch.cat([torch.full((n, slots), IGNORE_INDEX), text], 1)
+    size = model.vision_tower.image_size
+    tv = model.config.encoder_config.text_config.vocab_size
+    return dict(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device), labels=labels.to(device),
+                pixel_values=torch.randn(n, 3, size, size, device=device),
+                prompt_input_ids=torch.randint(3, tv, (n, 16), device=device),
+                prompt_attention_mask=torch.ones(n, 16, dtype=torch.long, device=device))
+
+
+def sync(device):
+    if device.type == "cuda": torch.cuda.synchronize()
+
+
+def train_steps(model, b: dict, steps: int, device) -> tuple[float, float]:
+    "(seconds per step, peak GiB) of stage-2 steps: bf16 autocast, gradient checkpointing, AdamW."
+    params = set_trainable(model, 2)
+    model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    model.train()
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(**{k: v for k, v in b.items() if k != "labels"})
+        loss = token_loss_sum(out.logits, b["labels"]) / (b["labels"] != IGNORE_INDEX).sum()
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    step(); sync(device)  # warm-up
+    if device.type == "cuda": torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps): step()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return (time.perf_counter() - t) / steps, peak
+
+
+def connector_seconds(model, b: dict, repeats: int, device) -> float:
+    "Forward + backward of the connector alone on the step's encoder outputs."
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        enc = model.vision_tower(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"])
+    def run():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            model.mm_projector(enc, model.vision_tower).float().pow(2).mean().backward()
+    run(); sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats): run()
+    sync(device)
+    return (time.perf_counter() - t) / repeats
+
+
+def count(module) -> int: return sum(p.numel() for p in module.parameters())
+
+
+def zero_step(stage: int, tiny: bool, out: Path) -> str:
+    "One single-process DeepSpeed step at ZeRO `stage`, the gathered model saved and reloaded."
+    import deepspeed
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29531"), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    model = build("vmllm", tiny, torch.device("cpu"))
+    params = set_trainable(model, 2)
+    cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "zero_optimization": {"stage": stage},
+           "bf16": {"enabled": torch.cuda.is_available()}, "stage3_gather_16bit_weights_on_model_save": True}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=torch.optim.AdamW(params, lr=1e-5), config=cfg)
+    b = batch(model, 1, 32, engine.device)
+    loss = token_loss_sum(engine(**{k: v for k, v in b.items() if k != "labels"}).logits, b["labels"]) / (b["labels"] != IGNORE_INDEX).sum()
+    engine.backward(loss); engine.step()
+    sd = engine._zero3_consolidated_16bit_state_dict() if stage == 3 else engine.module.state_dict()
+    engine.module.save_pretrained(out, state_dict=sd)
+    again = VmllmForCausalLM.from_pretrained(out)
+    return f"ZeRO-{stage}: one step, loss {loss.item():.3f}; saved model reloads ({count(again) / 1e6:.1f}M parameters)"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="tiny models: check the code path anywhere")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--text", type=int, default=256, help="text tokens per sample besides the 729 image slots")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.tiny: args.batch, args.text, args.steps = min(args.batch, 2), min(args.text, 16), min(args.steps, 2)
+    print("command: " + " ".join(shlex.quote(c) for c in [sys.executable, "benchmarks/gpu_check.py"] + (argv if argv is not None else sys.argv[1:])))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    print(f"machine: {gpu}; torch {torch.__version__}; batch {args.batch}, {args.text} text tokens + image slots")
+    for connector in ("vmllm", "mlp2x_gelu"):
+        model = build(connector, args.tiny, device)
+        b = batch(model, args.batch, args.text, device)
+        sec, peak = train_steps(model, b, args.steps, device)
+        T = b["input_ids"].shape[1]
+        p_llm, p_tower, p_conn = count(model.language_model), count(model.vision_tower), count(model.mm_projector)
+        flops = args.batch * (8 * p_llm * T + 2 * p_tower * model.tokens_per_image + 6 * p_conn * model.tokens_per_image)
+        mfu = flops / sec / (args.peak_tflops * 1e12) if device.type == "cuda" else float("nan")
+        share = connector_seconds(model, b, 3, device) / sec
+        print(f"{connector:10s} stage-2 step {sec * 1e3:8.1f} ms, {args.batch / sec:6.2f} samples/s, peak {peak:6.2f} GiB, "
+              f"MFU {mfu:.1%}, connector {share:.1%} of the step (LLM {p_llm / 1e9:.2f}B, tower {p_tower / 1e6:.0f}M, "
+              f"connector {p_conn / 1e6:.1f}M parameters)")
+        del model, b
+        if device.type == "cuda": torch.cuda.empty_cache()
+    e = argparse.Namespace(device=args.device, dtype="bfloat16" if device.type == "cuda" else "float32",
+                           batch=args.batch, llm_width=2048 if not args.tiny else 64, repeats=3)
+    for name in (["siglip-so400m-384"] if not args.tiny else ["clip-b32"]):
+        row, diff = enhance_bench(name, e)
+        (rf, rb, *rm), (ff, fb, *fm) = row["reference"], row["fast"]
+        mem = f", peak {rm[0]:.2f} -> {fm[0]:.2f} GiB" if rm else ""
+        print(f"enhancement {name}: forward+backward {rb * 1e3:.1f} -> {fb * 1e3:.1f} ms ({rb / fb:.1f}x){mem}, difference {diff:.1e}")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        print("ZeRO-2/ZeRO-3: skipped, DeepSpeed is not installed"); return
+    for stage in (2, 3):
+        with tempfile.TemporaryDirectory() as d:
+            try: print(zero_step(stage, args.tiny, Path(d)))
+            except Exception as ex: print(f"ZeRO-{stage}: FAILED {ex.__class__.__name__}: {str(ex)[:300]}")
+
+
+if __name__ == "__main__":
+    main()
