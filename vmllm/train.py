@@ -52,6 +52,7 @@ class StageConfig:
     gradient_checkpointing: bool = False
     lora_r: int = 0 # > 0: LoRA adapters on the LLM's linear layers instead of full fine-tuning (stage 2)
     lora_alpha: int = 16
+    lora_dropout: float = 0.05 # as LLaVA; its random masks differ with the number of processes
     save_every: int = 0 # steps between checkpoints; 0: only the final model
     keep_checkpoints: int = 2
     num_workers: int = 0
@@ -340,7 +341,7 @@ def _to(batch: dict, device) -> dict:
 
 def prepare_for_stage(model, cfg: StageConfig) -> list:
     "LoRA and gradient checkpointing as `cfg` asks; returns the trainable parameters."
-    if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha)
+    if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if cfg.gradient_checkpointing:
         lm, kw = model.language_model, {"use_reentrant": False}
         if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
