@@ -9,13 +9,18 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'default_corpus', 'build_tokenizer', 'tiny_llm_config',
-           'require_files', 'load_llm_tokenizer', 'progress']
+__all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'default_corpus', 'build_tokenizer',
+           'tiny_llm_config', 'require_files', 'load_llm_tokenizer', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
+# the system prompts of the conversation templates (vmllm.data; the processor's chat templates)
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+LLAMA3_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
+                 "that the user provides, and assist the user with a variety of tasks using natural language.")
 
 # %% ../nbs/00_core.ipynb #c008
 _COLOURS = "red green blue yellow purple orange white black gray pink brown cyan".split()

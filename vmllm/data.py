@@ -11,22 +11,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
-from .core import IGNORE_INDEX, IMAGE_TOKEN, progress as progress_bar
+from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, progress as progress_bar
 from .processor import VmllmProcessor, pad_rows, text_tower_prompt
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation',
-           'ImageError', 'open_rgb', 'pad_to_square', 'BadRow', 'BadRows', 'images_to_front', 'json_kind', 'row_place',
-           'image_names', 'image_path', 'LlavaDataset', 'Collator', 'ModalityLengthSampler', 'preflight']
+__all__ = ['log', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation', 'ImageError', 'open_rgb', 'BadRow',
+           'BadRows', 'images_to_front', 'json_kind', 'row_place', 'image_names', 'image_path', 'LlavaDataset',
+           'Collator', 'ModalityLengthSampler', 'preflight']
 
 # %% ../nbs/07_data.ipynb #c006
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-LLAMA3_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
-                 "that the user provides, and assist the user with a variety of tasks using natural language.")
-
 def _render_plain(turns, tok, open_end):
     "Stage-1 captions: the image, then the caption (the human text is dropped, as in LLaVA)."
     if len(turns) > 2 or (len(turns) == 1 and not open_end):
@@ -147,14 +142,7 @@ def open_rgb(src) -> Image.Image:
         name, why = "(in memory)" if isinstance(src, Image.Image) else src, getattr(e, "strerror", None) or e
         raise ImageError(f"cannot read image {name}: {e.__class__.__name__}: {why}") from e
 
-def pad_to_square(im: Image.Image, colour: tuple) -> Image.Image:
-    "`im` centred on a square canvas of `colour`."
-    w, h = im.size
-    if w == h: return im
-    side = max(w, h)
-    canvas = Image.new(im.mode, (side, side), colour)
-    canvas.paste(im, ((side - w) // 2, (side - h) // 2))
-    return canvas
+from .encoder import pad_to_square  # defined with the image processors; training pads every image with it
 
 # %% ../nbs/07_data.ipynb #c017
 class BadRow(ValueError):

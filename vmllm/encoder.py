@@ -16,7 +16,7 @@ from .core import require_files
 # %% auto #0
 __all__ = ['ENCODER_PRESETS', 'FAMILY_RULES', 'FamilyRule', 'text_input_rule', 'family_of', 'encoder_config',
            'tiny_encoder_config', 'load_encoder_model', 'EncoderOutput', 'VisionTextEncoder', 'build_image_processor',
-           'load_image_processor']
+           'pad_to_square', 'load_image_processor']
 
 # %% ../nbs/01_encoder.ipynb #c006
 def _tower(hidden, layers, heads, inter, **kw): return dict(hidden_size=hidden, num_hidden_layers=layers,
@@ -248,6 +248,17 @@ def build_image_processor(config): # a `CLIPConfig`/`SiglipConfig`
     if family == "clip":
         return _processor_cls(family)(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     return _processor_cls(family)(size={"height": size, "width": size})
+
+def pad_to_square(im, # a PIL image
+                  colour: tuple): # 0-255 RGB: LLaVA-1.5 pads with the image processor's mean colour
+    "`im` centred on a square canvas of `colour`."
+    from PIL import Image
+    w, h = im.size
+    if w == h: return im
+    side = max(w, h)
+    canvas = Image.new(im.mode, (side, side), colour)
+    canvas.paste(im, ((side - w) // 2, (side - h) // 2))
+    return canvas
 
 def load_image_processor(path, family: str):
     "The image processor saved in local directory `path`."

@@ -118,6 +118,8 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(module, nn.Linear) and any(module is m for m in self.mm_projector.modules()):
             module.reset_parameters()
 
+    released_loader = None # set by vmllm.zoo (which `import vmllm` imports): reads released (LLaVA-layout) directories
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, vision_tower=None, **kwargs):
         """`PreTrainedModel.from_pretrained` (`dtype`, `device_map`, `quantization_config` as for any model; a quantized
@@ -135,8 +137,8 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
             if cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava")):
                 if q is not None: raise ValueError(f"{p} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
                                                    "then load the vmllm directory with quantization_config")
-                from vmllm.zoo import load_reference
-                model = load_reference(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
+                if cls.released_loader is None: raise ImportError("released checkpoints are read by vmllm.zoo: import vmllm")
+                model = cls.released_loader(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
                 device_map = kwargs.get("device_map")
                 if isinstance(device_map, (str, torch.device)) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
                     model = model.to(device_map)

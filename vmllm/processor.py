@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
-from .core import IGNORE_INDEX, IMAGE_TOKEN, load_llm_tokenizer, require_files
-from .encoder import build_image_processor, load_image_processor, text_input_rule
+from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, load_llm_tokenizer, require_files
+from .encoder import build_image_processor, load_image_processor, pad_to_square, text_input_rule
 
 # %% auto #0
 __all__ = ['text_tower_prompt', 'encode_text', 'pad_rows', 'chat_turns', 'chat_template_for', 'VmllmProcessor']
@@ -137,7 +137,6 @@ _PLAIN = """{%- if messages | length > 2 or (messages | length == 1 and not add_
 def chat_template_for(template: str) -> str:
     "The Jinja chat template that renders chat messages as `render_conversation(template, chat_turns(messages))` does."
     import json
-    from vmllm.data import LLAMA3_SYSTEM, VICUNA_SYSTEM  # data imports this module: read when called
     layouts = {"vicuna_v1": _JINJA["vicuna_v1"], "plain": _PLAIN,
                "llama3": _LLAMA3.replace("BEGIN", json.dumps("<|begin_of_text|>")).replace("SYSTEM", json.dumps(VICUNA_SYSTEM)),
                "llama3_next": _LLAMA3.replace("BEGIN", '""').replace("SYSTEM", json.dumps(LLAMA3_SYSTEM))}
@@ -149,7 +148,6 @@ def chat_template_for(template: str) -> str:
 def _load_image(part: dict, colour: tuple):
     "The image of an `image` content part (a PIL image under `image`, or a path/URL under `url`/`path`), RGB and padded to square as in training."
     from transformers.image_utils import load_image
-    from vmllm.data import pad_to_square
     im = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
     if im is None: raise ValueError("an image part of the conversation has no 'image', 'url' or 'path'")
     return pad_to_square(load_image(im).convert("RGB"), colour)

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, LlamaConfig
 from .core import IMAGE_TOKEN, load_llm_tokenizer, require_files
 from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, encoder_config,
                            family_of, load_encoder_model, load_image_processor)
-from .model import VmllmConfig, VmllmForCausalLM, diff_state_dicts
+from .model import VmllmConfig, VmllmForCausalLM, diff_state_dicts, load_pretrained
 from .processor import VmllmProcessor
 
 # %% auto #0
@@ -258,11 +258,12 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     return model.eval(), proc
 
 # %% ../nbs/12_zoo.ipynb #c020
+VmllmForCausalLM.released_loader = staticmethod(load_reference)  # `from_pretrained` reads released directories through it
+
 def load_any(path, vision_tower=None, **kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
     "Model and processor from a vmllm or a released (reference-layout) checkpoint directory."
     info = inspect_checkpoint(path)
     if info["kind"] == "vmllm":
-        from vmllm.model import load_pretrained
         return load_pretrained(path, **kwargs)
     if info["kind"] == "reference": return load_reference(path, vision_tower, **kwargs)
     what = {"projector": "a stage-1 projector (load it onto a model with load_projector)",
@@ -322,7 +323,6 @@ def to_vmllm(src, dst, vision_tower=None) -> Path:
 
 def to_reference(src, dst, include_tower: bool | None = None, max_tensors: int = 0) -> Path:
     "Write a vmllm checkpoint directory in the released (LLaVA) layout."
-    from vmllm.model import load_pretrained
     model, proc = load_pretrained(src)
     meta = getattr(model.config, "reference", None) or {}
     dst = Path(dst); dst.mkdir(parents=True, exist_ok=True)
