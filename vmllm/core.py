@@ -10,7 +10,7 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'default_corpus', 'build_tokenizer',
-           'tiny_llm_config', 'require_files', 'load_llm_tokenizer', 'progress']
+           'tiny_llm_config', 'require_files', 'ready_llm_tokenizer', 'load_llm_tokenizer', 'progress']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
@@ -112,6 +112,12 @@ def _spm_bpe_tokenizer(model_file: Path):
     tk.add_special_tokens([AddedToken(p.piece, normalized=True, special=True) for p in pieces if p.type in (kind.UNKNOWN, kind.CONTROL)])
     tk.add_tokens([AddedToken(p.piece, normalized=True) for p in pieces if p.type == kind.USER_DEFINED])  # matched anywhere, as SentencePiece does
     return tk, proto
+
+def ready_llm_tokenizer(tok): # a causal LM's tokenizer
+    "`tok` with a pad token (its unk, else its eos, as LLaVA sets it) and the `<image>` special token, added if missing."
+    if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
+    if IMAGE_TOKEN not in tok.get_vocab(): tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tok
 
 def load_llm_tokenizer(path, # a local checkpoint or tokenizer directory
                        **kwargs) -> PreTrainedTokenizerFast:

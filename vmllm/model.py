@@ -8,17 +8,19 @@ import json
 from pathlib import Path
 import torch
 from torch import nn, Tensor
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, GenerationMixin,
-                          PretrainedConfig, PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
+                          GenerationMixin, PretrainedConfig, PreTrainedModel)
 from transformers.models.auto import CONFIG_MAPPING
-from .core import IGNORE_INDEX, IMAGE_TOKEN, build_tokenizer, require_files, tiny_llm_config
-from .encoder import VisionTextEncoder, _model_from_config, build_image_processor, family_of, tiny_encoder_config
+from .core import (IGNORE_INDEX, IMAGE_TOKEN, build_tokenizer, load_llm_tokenizer, ready_llm_tokenizer, require_files,
+                        tiny_llm_config)
+from .encoder import (VisionTextEncoder, _model_from_config, build_image_processor, family_of, load_encoder_model,
+                           load_image_processor, tiny_encoder_config)
 from .connector import CONNECTORS, build_connector
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for', 'diff_state_dicts',
-           'load_pretrained']
+__all__ = ['VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for', 'from_local_dirs',
+           'diff_state_dicts', 'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -269,10 +271,11 @@ def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
     if encoder_model is not None: model.vision_tower = VisionTextEncoder(encoder_model, cfg.reference_quirks)
     return model, processor_for(enc_cfg, tok, enc_tok)
 
-def processor_for(encoder_config, tokenizer, encoder_tokenizer) -> VmllmProcessor:
+def processor_for(encoder_config, tokenizer, encoder_tokenizer,
+                  image_processor=None) -> VmllmProcessor: # default: built from `encoder_config`
     "The processor of a model with this encoder config and these tokenizers (no model needed)."
     vc = encoder_config.vision_config
-    return VmllmProcessor(tokenizer, encoder_tokenizer, build_image_processor(encoder_config),
+    return VmllmProcessor(tokenizer, encoder_tokenizer, image_processor or build_image_processor(encoder_config),
                           (vc.image_size // vc.patch_size) ** 2, family_of(encoder_config),
                           encoder_config.text_config.max_position_embeddings)
 
@@ -292,6 +295,22 @@ def _from_parts(cls, encoder_model, # a loaded `CLIPModel`/`SiglipModel`
                                          tuple(cfg.enhance_gates)).to(language_model.device)
     return model
 VmllmForCausalLM.from_parts = _from_parts
+
+def from_local_dirs(vision_tower, # local CLIP/SigLIP directory (or a preset name found in the local cache)
+                    llm, # local causal LM directory
+                    llm_dtype=torch.float32, # DeepSpeed keeps fp32 master weights itself: bf16 is enough there
+                    **config_kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
+    "A new vMLLM model (the connector freshly initialised) and its processor from an encoder and an LLM on disk."
+    encoder = load_encoder_model(vision_tower)
+    lm = AutoModelForCausalLM.from_pretrained(llm, local_files_only=True, dtype=llm_dtype)
+    tok = ready_llm_tokenizer(load_llm_tokenizer(llm))
+    if len(tok) > lm.get_input_embeddings().num_embeddings: lm.resize_token_embeddings(len(tok))
+    src = Path(str(vision_tower)).expanduser()
+    src = src if src.is_dir() else Path(encoder.name_or_path)
+    enc_tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    ip = load_image_processor(src, family_of(encoder.config)) if (src / "preprocessor_config.json").exists() else None
+    model = VmllmForCausalLM.from_parts(encoder, lm, tok.convert_tokens_to_ids(IMAGE_TOKEN), **config_kwargs)
+    return model, processor_for(encoder.config, tok, enc_tok, ip)
 
 # %% ../nbs/05_model.ipynb #c026
 def diff_state_dicts(a: dict, b: dict) -> list[str]:

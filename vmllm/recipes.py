@@ -16,7 +16,7 @@ from .core import IMAGE_TOKEN, load_llm_tokenizer
 from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, family_of,
                            load_encoder_model, load_image_processor, tiny_encoder_config)
 from .infer import heldout_accuracy
-from .model import VmllmForCausalLM, load_pretrained, processor_for, tiny_vmllm
+from .model import VmllmForCausalLM, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .processor import VmllmProcessor
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
@@ -119,26 +119,9 @@ def real_model(m: dict, llm_dtype=torch.bfloat16) -> tuple:
     "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm` (loaded in `llm_dtype`)."
     if m.get("init"): return load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None)
     if not m.get("llm"): raise ValueError("no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH")
-    enc_path = Path(str(m["vision_tower"])).expanduser()
-    encoder = load_encoder_model(m["vision_tower"])
-    family = family_of(encoder.config)
-    llm = AutoModelForCausalLM.from_pretrained(m["llm"], local_files_only=True, dtype=llm_dtype)
-    tok = load_llm_tokenizer(m["llm"])
-    if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
-    if IMAGE_TOKEN not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-        llm.resize_token_embeddings(len(tok))
-    src = enc_path if enc_path.is_dir() else encoder.name_or_path
-    enc_tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    ip = load_image_processor(src, family) if Path(src).is_dir() else build_image_processor(encoder.config)
-    model = VmllmForCausalLM.from_parts(encoder, llm, tok.convert_tokens_to_ids(IMAGE_TOKEN),
-                                        mm_projector_type=m.get("connector", "vmllm"),
-                                        enhance_impl=m.get("enhance_impl", "fast"),
-                                        reference_quirks=m.get("reference_quirks", True),
-                                        **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None})
-    proc = VmllmProcessor(tok, enc_tok, ip, model.tokens_per_image, family,
-                          encoder.config.text_config.max_position_embeddings)
-    return model, proc
+    return from_local_dirs(m["vision_tower"], m["llm"], llm_dtype, mm_projector_type=m.get("connector", "vmllm"),
+                           enhance_impl=m.get("enhance_impl", "fast"), reference_quirks=m.get("reference_quirks", True),
+                           **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None})
 
 # %% ../nbs/11_recipes.ipynb #c013
 def _accelerator(cfg: dict) -> Accelerator:

@@ -11,10 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
-from .core import IMAGE_TOKEN, load_llm_tokenizer, require_files
+from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files
 from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, encoder_config,
                            family_of, load_encoder_model, load_image_processor)
-from .model import VmllmConfig, VmllmForCausalLM, diff_state_dicts, load_pretrained
+from .model import VmllmConfig, VmllmForCausalLM, diff_state_dicts, load_pretrained, processor_for
 from .processor import VmllmProcessor
 
 # %% auto #0
@@ -226,9 +226,8 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
         raise FileNotFoundError(f"{p}: the text tower's tokenizer is not in the checkpoint: pass --vision_tower PATH "
                                 f"(a local copy of {cfg.get('mm_vision_tower')})")
     tok = load_llm_tokenizer(p)
-    if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
     ref_vocab = cfg["vocab_size"]
-    if IMAGE_TOKEN not in tok.get_vocab(): tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tok = ready_llm_tokenizer(tok)
     text = {k: v for k, v in cfg.items() if not k.startswith("mm_") and k not in ("model_type", "architectures")}
     text_cfg = LlamaConfig(**{**text, "vocab_size": max(len(tok), ref_vocab)})
     vcfg = VmllmConfig(text_config=text_cfg, encoder_config=encoder.config, mm_projector_type=kind,
@@ -252,9 +251,8 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     model.load_state_dict(ours, strict=False)
     if dtype.is_floating_point: model = model.to(dtype)  # one dtype throughout: sub-models may be built in their config's
     enc_tok = AutoTokenizer.from_pretrained(tower_dir or p / "encoder_tokenizer", local_files_only=True)
-    ip = load_image_processor(tower_dir, family) if tower_dir and (tower_dir / "preprocessor_config.json").exists() \
-        else build_image_processor(encoder.config)
-    proc = VmllmProcessor(tok, enc_tok, ip, model.tokens_per_image, family, encoder.config.text_config.max_position_embeddings)
+    ip = load_image_processor(tower_dir, family) if tower_dir and (tower_dir / "preprocessor_config.json").exists() else None
+    proc = processor_for(encoder.config, tok, enc_tok, ip)
     return model.eval(), proc
 
 # %% ../nbs/12_zoo.ipynb #c020
