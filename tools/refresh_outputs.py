@@ -1,0 +1,126 @@
+"""Run the notebooks and keep their small outputs (shapes, tables, error sizes, pictures), so that a reader sees them
+on GitHub without running anything. Then `nbdev_clean` strips the metadata noise; `--check` verifies the budget.
+
+    python tools/refresh_outputs.py                      # every notebook in nbs/
+    python tools/refresh_outputs.py nbs/02_enhance.ipynb # some
+    python tools/refresh_outputs.py --check              # only check the budget (CI does this)
+
+Cells flagged with a test flag of settings.ini (`#| slow`, `#| cuda`, `#| lmms`) or `#| eval: false` are not run, as
+`nbdev_test` does not run them. Outputs are kept small: progress bars are off (TQDM_DISABLE), ANSI colours are
+removed, a text output is cut to its first and last lines, only PNG pictures are kept, and a notebook's outputs must
+fit the budget below.
+"""
+import argparse, base64, configparser, json, os, re, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / "nbs"
+MAX_TEXT_LINES = 40           # per output: longer ones keep their first and last lines
+MAX_PNG_BYTES = 120_000       # per picture
+MAX_NOTEBOOK_OUTPUT_BYTES = 400_000
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def test_flags() -> set[str]:
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    return set(cfg["DEFAULT"].get("tst_flags", "").split())
+
+
+def skipped(source: str, flags: set[str]) -> bool:
+    "A cell that nbdev_test would not run."
+    for line in source.splitlines():
+        if not line.startswith("#|"): break
+        words = line[2:].strip().split()
+        if (words and words[0] in flags) or line.replace(" ", "").startswith("#|eval:false"): return True
+    return False
+
+
+def shorten(text: str) -> str:
+    text = ANSI.sub("", text).replace("\r\n", "\n")
+    text = "\n".join(line.split("\r")[-1] for line in text.split("\n"))  # a carriage-returned line keeps its last state
+    lines = text.split("\n")
+    if len(lines) <= MAX_TEXT_LINES: return text
+    keep = MAX_TEXT_LINES // 2
+    return "\n".join(lines[:keep] + [f"... ({len(lines) - 2 * keep} lines cut)"] + lines[-keep:])
+
+
+def tidy(outputs: list) -> list:
+    "Small outputs only: text shortened, PNG pictures kept, other rich data dropped."
+    out = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            o["text"] = shorten("".join(o["text"]) if isinstance(o["text"], list) else o["text"])
+            if o["text"].strip(): out.append(o)
+        elif o.get("output_type") in ("execute_result", "display_data"):
+            data = {k: v for k, v in o.get("data", {}).items() if k in ("text/plain", "image/png", "text/markdown")}
+            if "text/plain" in data:
+                data["text/plain"] = shorten("".join(data["text/plain"]) if isinstance(data["text/plain"], list) else data["text/plain"])
+            if "image/png" in data: data.pop("text/plain", None)  # "<Figure ...>" says nothing the picture does not
+            if data: out.append({**o, "data": data, "metadata": {}})
+        elif o.get("output_type") == "error": out.append(o)
+    return out
+
+
+def run(path: Path, flags: set[str]):
+    "Execute one notebook in its folder, as nbdev_test does, and write it back with its tidied outputs."
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    nb = read_nb(path)
+    cwd = os.getcwd(); os.chdir(path.parent)
+    try:
+        shell = CaptureShell()
+        shell.run("%matplotlib inline")
+        for cell in nb.cells:
+            if cell.cell_type != "code": continue
+            cell.outputs, cell.execution_count = [], None
+            if skipped(cell.source, flags) or "nbdev_export()" in cell.source: continue
+            outputs = shell.run(cell.source)
+            if shell.exc: raise RuntimeError(f"{path.name}: a cell failed:\n{cell.source[:300]}\n{shell.exc!r}")
+            cell.outputs = tidy(json.loads(json.dumps(list(outputs or []), default=list)))  # plain lists and dicts
+    finally: os.chdir(cwd)
+    write_nb(nb, path)
+
+
+def output_bytes(cell) -> int:
+    import json
+    return len(json.dumps(cell.get("outputs", [])))
+
+
+def check(paths) -> list[str]:
+    "Budget problems of the notebooks' saved outputs."
+    import json
+    problems = []
+    for p in paths:
+        nb = json.loads(p.read_text())
+        total = sum(output_bytes(c) for c in nb["cells"] if c["cell_type"] == "code")
+        if total > MAX_NOTEBOOK_OUTPUT_BYTES: problems.append(f"{p.name}: outputs take {total:,} bytes (budget {MAX_NOTEBOOK_OUTPUT_BYTES:,})")
+        for i, c in enumerate(nb["cells"]):
+            for o in c.get("outputs", []):
+                png = o.get("data", {}).get("image/png")
+                if png and len(base64.b64decode("".join(png))) > MAX_PNG_BYTES:
+                    problems.append(f"{p.name} cell {i}: a picture of {len(base64.b64decode(''.join(png))):,} bytes (budget {MAX_PNG_BYTES:,})")
+                text = o.get("text") or o.get("data", {}).get("text/plain") or ""
+                text = "".join(text) if isinstance(text, list) else text
+                if len(text.splitlines()) > MAX_TEXT_LINES + 1: problems.append(f"{p.name} cell {i}: {len(text.splitlines())} lines of text")
+                if "\r" in text or ANSI.search(text): problems.append(f"{p.name} cell {i}: progress-bar or colour codes in an output")
+    return problems
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebooks", nargs="*", type=Path)
+    ap.add_argument("--check", action="store_true", help="only check the saved outputs against the budget")
+    args = ap.parse_args(argv)
+    paths = [p.resolve() for p in args.notebooks] or sorted(NBS.glob("*.ipynb"))
+    if not args.check:
+        os.environ.update(TQDM_DISABLE="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        flags = test_flags()
+        for p in paths: print(f"running {p.name}", flush=True); run(p, flags)
+        subprocess.run(["nbdev_clean"], cwd=ROOT, check=True)
+    problems = check(paths)
+    print("\n".join(problems) or f"{len(paths)} notebooks: outputs within budget")
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
