@@ -3,8 +3,10 @@
     python benchmarks/toy_run.py                      # the `toy` preset as shipped
     python benchmarks/toy_run.py --set "model.connector=mlp2x_gelu"
 
-Prints wall time, stage-2 samples/s, held-out accuracy (overall and per category) and the
-command that produced them. Nothing here is a test: it measures.
+Runs `vmllm_train --preset toy` (as `python -m vmllm.recipes`, so the vmllm on `sys.path` is the one measured),
+then prints wall time, time and samples/s of every stage, held-out accuracy (overall and per category),
+the accuracy on a second held-out split drawn with another seed (new scenes, never seen in training), the
+command that produced them and the machine. Nothing here is a test: it measures.
 """
 import argparse, json, os, platform, shlex, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -14,22 +16,45 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", default=None, help="keep the run here (default: a temporary folder)")
     p.add_argument("--set", default="", help="overrides passed to vmllm_train --set")
+    p.add_argument("--other_seed", type=int, default=1, help="held-out seed of the second held-out split")
     args = p.parse_args(argv)
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="vmllm-toy-"))
-    cmd = ["vmllm_train", "--preset", "toy", "--output_dir", str(out)] + (["--set", args.set] if args.set else [])
+    cmd = [sys.executable, "-m", "vmllm.recipes", "--preset", "toy", "--output_dir", str(out)] + (["--set", args.set] if args.set else [])
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     s = json.loads((out / "summary.json").read_text())
-    st2 = s["stages"].get("2", s["stages"].get(2, {}))
     print("command: " + " ".join(shlex.quote(c) for c in [sys.executable, "benchmarks/toy_run.py"] + (argv or sys.argv[1:])))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"wall time {wall / 60:.1f} min (stages 0-2 + data + evaluation)")
-    print(f"stage 2: {st2.get('steps')} steps, {st2.get('samples_per_s', float('nan')):.1f} samples/s, final loss {st2.get('final_loss', float('nan')):.4f}")
+    print(f"wall time {wall / 60:.2f} min ({wall:.0f} s: data, stages 0-2, evaluation, process start)")
+    s0 = s.get("stage0", {})
+    if "data" in s0: print(f"  data generation      {s0['data']['seconds']:6.1f} s")
+    for key, name in (("0", "stage 0 encoder"), ("0_llm", "stage 0 LLM")):
+        if key in s0: print(f"  {name:<20} {s0[key]['seconds']:6.1f} s, {s0[key]['steps']} steps, {s0[key]['samples_per_s']:.0f} samples/s, "
+                            f"loss {s0[key]['first_loss']:.3f} -> {s0[key]['final_loss']:.3f}")
+    for k in ("1", "2"):
+        st = s["stages"].get(k)
+        if st and "steps" in st:
+            print(f"  stage {k}              {st['seconds']:6.1f} s, {st['steps']} steps, {st['samples_per_s']:.0f} samples/s, "
+                  f"loss {st['first_loss']:.3f} -> {st['final_loss']:.3f}")
     h = s["heldout"]
+    print(f"  held-out evaluation  {h.get('seconds', float('nan')):6.1f} s")
     print(f"held-out accuracy {h['accuracy']:.3f} on {h['n']} questions: "
           + ", ".join(f"{k} {v:.3f}" for k, v in h["per_category"].items()))
+    from vmllm.infer import heldout_accuracy
+    from vmllm.model import load_pretrained
+    from vmllm.synth import make_heldout
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    data = dict(manifest, image_folder=str(out / "data" / "images"), stage1=str(out / "data" / "stage1.json"),
+                stage2=str(out / "data" / "stage2.json"))
+    if manifest.get("heldout_seed", manifest["seed"]) != args.other_seed:
+        other = make_heldout(data, out / "data" / f"heldout_seed{args.other_seed}.jsonl", n=manifest["n_heldout"], heldout_seed=args.other_seed)
+        model, proc = load_pretrained(out / "stage2" / "final")
+        o = heldout_accuracy(model, proc, other, data["image_folder"], "vicuna_v1")
+        print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['n']} questions: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in o["per_category"].items())
+              + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")
 
 if __name__ == "__main__":
     main()

@@ -40,15 +40,15 @@ def _paper_preset(name: str) -> dict:
                             image_folder=None))
 
 PRESETS = {name: _paper_preset(name) for name in ENCODER_PRESETS}
-PRESETS["toy"] = dict(
-    preset="toy", output_dir="runs/toy", stages=[0, 1, 2], seed=0, mixed_precision="no",
-    model=dict(family="clip", connector="vmllm", enhance_impl="fast", reference_quirks=True, image_size=64, patch_size=8,
+PRESETS["toy"] = dict(  # about 4 minutes on 2 CPU cores (benchmarks/toy_run.py)
+    preset="toy", output_dir="runs/toy", stages=[0, 1, 2], seed=0, mixed_precision="no", threads=1,
+    model=dict(family="clip", connector="vmllm", enhance_impl="fast", reference_quirks=True, image_size=32, patch_size=16,
                encoder_layers=6, encoder_width=64, llm_width=128, llm_layers=4, init=None),
-    toy_data=dict(n_stage1=3000, n_stage2=6000, n_heldout=300, image_size=64),
-    stage0=dict(steps=300, batch_size=64, lr=1e-3),
-    stage0_llm=dict(steps=300, batch_size=64, lr=1e-3),
-    stage1=dict(template="plain", lr=2e-3, epochs=2.0, global_batch=32, batch_size=32, max_length=512, save_every=100),
-    stage2=dict(template="vicuna_v1", lr=1e-3, epochs=5.0, global_batch=32, batch_size=32, max_length=512, save_every=200),
+    toy_data=dict(n_stage1=3000, n_stage2=6000, n_heldout=300, image_size=32),
+    stage0=dict(steps=600, batch_size=64, lr=1e-3),
+    stage0_llm=dict(steps=150, batch_size=64, lr=1e-3),
+    stage1=dict(template="plain", lr=2e-3, epochs=4.0, global_batch=32, batch_size=32, max_length=512, save_every=0),
+    stage2=dict(template="vicuna_v1", lr=1e-3, epochs=3.0, global_batch=16, batch_size=16, max_length=512, save_every=0),
 )
 
 # %% ../nbs/11_recipes.ipynb #c008
@@ -136,9 +136,19 @@ def _accelerator(cfg: dict) -> Accelerator:
     if sharded: return Accelerator(mixed_precision=mp, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])  # DeepSpeed, FSDP
     return Accelerator(mixed_precision=mp, cpu=True)  # DDP, e.g. torchrun on CPUs
 
-def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress: bool) -> tuple:
+def _stage0_times(t0: float, losses: list, c: dict) -> dict:
+    "Time, rate and loss curve ends of a stage-0 run."
+    sec = time.perf_counter() - t0
+    return dict(seconds=sec, steps=len(losses), samples_per_s=len(losses) * c.get("batch_size", 64) / sec,
+                first_loss=losses[0], final_loss=sum(losses[-10:]) / len(losses[-10:]))
+
+def _took(t: dict) -> str: return f"{t['seconds']:.0f} s, {t['samples_per_s']:.0f} samples/s"
+
+def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress: bool,
+                  times: dict | None = None) -> tuple: # filled with seconds, rate and losses of data generation and stage 0
     "Data, tokenizers, stage-0 encoder and the untrained vMLLM model of the toy recipe."
-    data_dir = out / "data"
+    data_dir, times = out / "data", {} if times is None else times
+    t = time.perf_counter()
     if acc.is_main_process and not (resume and (data_dir / "manifest.json").exists()):
         make_toy_data(data_dir, seed=cfg["seed"], **cfg["toy_data"])
     acc.wait_for_everyone()
@@ -146,6 +156,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
     data.update(image_folder=str(data_dir / "images"), stage1=str(data_dir / "stage1.json"),
                 stage2=str(data_dir / "stage2.json"), heldout=str(data_dir / "heldout.jsonl"))
     toks = toy_tokenizers(data)
+    times["data"] = dict(seconds=time.perf_counter() - t)
     m = cfg["model"]
     for stage in (1, 2):
         for key, split in (("data", f"stage{stage}"), ("image_folder", "image_folder")):
@@ -165,6 +176,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
         if resume and (enc_dir / "config.json").exists():
             encoder = FAMILY_RULES[m["family"]].model_cls.from_pretrained(enc_dir)
         else:
+            t = time.perf_counter()
             torch.manual_seed(cfg["seed"])
             encoder = _model_from_config(tiny_encoder_config(m["family"], vocab_size=len(toks[1]), eos_token_id=toks[1].eos_token_id,
                                                              hidden_size=m["encoder_width"], num_layers=m["encoder_layers"],
@@ -173,19 +185,21 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
                                        progress=progress and acc.is_main_process, **cfg["stage0"])
             if acc.is_main_process:
                 with atomic_dir(enc_dir) as tmp: encoder.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
-                print(f"stage 0: contrastive loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
+                times["0"] = _stage0_times(t, losses, cfg["stage0"])
+                print(f"stage 0: contrastive loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}, {_took(times['0'])}")
     model, proc = tiny_vmllm(m["family"], encoder_model=encoder, **kw)
     if 0 in cfg["stages"]:
         lm_dir = out / "stage0_llm"
         if resume and (lm_dir / "config.json").exists():
             model.language_model = type(model.language_model).from_pretrained(lm_dir)
         else:
-            lm_cfg = cfg.get("stage0_llm", {})
+            lm_cfg, t = cfg.get("stage0_llm", {}), time.perf_counter()
             losses = train_language_model(model.language_model, toks[0], toy_corpus(data), seed=cfg["seed"],
                                           progress=progress and acc.is_main_process, **lm_cfg)
             if acc.is_main_process:
                 with atomic_dir(lm_dir) as tmp: model.language_model.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
-                print(f"stage 0: LLM loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
+                times["0_llm"] = _stage0_times(t, losses, lm_cfg)
+                print(f"stage 0: LLM loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}, {_took(times['0_llm'])}")
     return model, proc
 
 RUN_SAFE_TO_CHANGE = SAFE_TO_CHANGE + ("output_dir", "stages")
@@ -211,15 +225,16 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     out = Path(cfg["output_dir"])
     if resume: check_resume_config(out, cfg)
     acc = _accelerator(cfg)
+    if cfg.get("threads"): torch.set_num_threads(int(cfg["threads"]))  # tiny models: one thread avoids OpenMP oversubscription
     if backend_of(acc) == "deepspeed" and {1, 2} <= set(cfg["stages"]):
         raise ValueError("under DeepSpeed run one training stage per launch, as the paper does: --stages 1 (ZeRO-2), then "
                          "--stages 2 --init OUTPUT_DIR/stage1/final (ZeRO-3)")
     for stage in (1, 2):  # a DeepSpeed file that disagrees with the recipe fails before any model is loaded
         if stage in cfg["stages"]: configure_deepspeed(acc, stage_config(cfg, stage, acc.num_processes, require_data=False), apply=False)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, times = time.perf_counter(), {}
     with zero3_off():  # ZeRO-3 shards them when training starts
-        if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress)
+        if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress, times)
         else:  # fp32 master weights: DeepSpeed keeps them in its optimizer; DDP and FSDP train the weights as loaded
             model, proc = real_model(cfg["model"], torch.bfloat16 if backend_of(acc) == "deepspeed" else torch.float32)
     if acc.is_main_process:
@@ -233,20 +248,26 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         if resume and finished(final):
             with zero3_off(): model, proc = load_pretrained(final)
             summary["stages"][stage] = dict(loaded=str(final)); continue
+        t = time.perf_counter()
         r = train_stage(model, proc, sc, out / f"stage{stage}", resume=resume, accelerator=acc, progress=progress)
         with zero3_off(): model, proc = load_pretrained(r["final_dir"])  # what follows uses what was saved
         summary["stages"][stage] = {k: v for k, v in r.items() if k != "history"}
+        summary["stages"][stage].update(seconds=time.perf_counter() - t, first_loss=r["history"][0]["loss"] if r["history"] else None)
         if acc.is_main_process:
-            print(f"stage {stage}: {r['steps']} steps, final loss {r['final_loss']:.4f}, {r['samples_per_s']:.1f} samples/s, "
+            print(f"stage {stage}: {r['steps']} steps in {summary['stages'][stage]['seconds']:.0f} s, loss "
+                  f"{summary['stages'][stage]['first_loss']:.4f} -> {r['final_loss']:.4f}, {r['samples_per_s']:.1f} samples/s, "
                   f"{r['bad_rows']} bad rows skipped ({r['skipped']} visits), {r['shortened']} shortened to fit")
     if "heldout" in cfg and acc.is_main_process:
         h = cfg["heldout"]
+        t = time.perf_counter()
         with zero3_off():  # the main process alone answers
             summary["heldout"] = heldout_accuracy(model, proc, h["questions"], h["image_folder"],
                                                   cfg["stage2"].get("template", "vicuna_v1"), progress=progress)
+        summary["heldout"]["seconds"] = time.perf_counter() - t
         print(f"held-out accuracy {summary['heldout']['accuracy']:.3f} on {summary['heldout']['n']} questions; "
               + ", ".join(f"{k} {v:.3f}" for k, v in summary["heldout"]["per_category"].items()))
     summary["seconds"] = time.perf_counter() - t0
+    summary["stage0"] = times  # data generation and stage 0 of the toy: seconds, rate, loss
     if acc.is_main_process: (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

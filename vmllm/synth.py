@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_synth.ipynb #c003
 from __future__ import annotations
-import json, random
+import hashlib, json, random
 from dataclasses import dataclass
 from pathlib import Path
 from PIL import Image, ImageDraw
@@ -12,13 +12,13 @@ from .core import IMAGE_TOKEN, build_tokenizer
 from .data import VICUNA_SYSTEM
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'HELDOUT_CATEGORIES', 'Thing', 'random_scene', 'draw_scene', 'caption',
-           'questions', 'make_toy_data', 'toy_corpus', 'toy_tokenizers']
+__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'HELDOUT_CATEGORIES', 'Thing', 'random_scene', 'draw_scene', 'image_digest',
+           'caption', 'questions', 'make_toy_data', 'training_digests', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
 
 # %% ../nbs/08_synth.ipynb #c006
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.09, "large": 0.3}  # side, as a fraction of the canvas
+SIZES = {"small": 0.1, "large": 0.3}  # side, as a fraction of the canvas
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 
 @dataclass
@@ -35,12 +35,12 @@ def random_scene(rng: random.Random, max_things: int = 4) -> list[Thing]:
     where = rng.sample(QUADRANTS, rng.randint(1, max_things))
     return [Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIZES)), w) for w in where]
 
-def draw_scene(things: list[Thing], size: int = 64, rng: random.Random | None = None) -> Image.Image:
-    "Render the scene; `rng` adds jitter and gray clutter dots."
+def draw_scene(things: list[Thing], size: int = 64, rng: random.Random | None = None, clutter: int = 6) -> Image.Image:
+    "Render the scene; `rng` adds jitter and `clutter` gray specks."
     rng = rng or random.Random(0)
     im = Image.new("RGB", (size, size), (245, 245, 245))
     d = ImageDraw.Draw(im)
-    for _ in range(6):  # clutter: small gray specks that are not shapes
+    for _ in range(clutter):  # clutter: small gray specks that are not shapes
         x, y = rng.randrange(size), rng.randrange(size)
         d.point([(x, y), (x + 1, y)], fill=(150, 150, 150))
     half = size // 2
@@ -55,20 +55,27 @@ def draw_scene(things: list[Thing], size: int = 64, rng: random.Random | None = 
         else: d.polygon([(x0 + side / 2, y0), (x0, y0 + side), (x0 + side, y0 + side)], fill=fill)
     return im
 
+def image_digest(im: Image.Image) -> str:
+    "A hash of the pixels: two images with the same digest look the same."
+    return hashlib.sha1(im.tobytes()).hexdigest()
+
 # %% ../nbs/08_synth.ipynb #c009
 def caption(things: list[Thing]) -> str:
-    "All shapes with their quadrants, in a fixed order."
+    "The number of shapes, then all shapes with their quadrants, in a fixed order."
     parts = [f"a {t.words()} at the {t.where}" for t in sorted(things, key=lambda t: QUADRANTS.index(t.where))]
-    return ", ".join(parts) + "."
+    return f"{len(things)} shape{'s' * (len(things) != 1)}: " + ", ".join(parts) + "."
 
 def questions(things: list[Thing], rng: random.Random) -> list[tuple[str, str, str]]:
     "Every askable (category, question, answer) of a scene, shuffled."
     qs = [("count", "How many shapes are there?", str(len(things))),
           ("small", "How many small shapes are there?", str(sum(t.size == "small" for t in things)))]
-    for t in things:
-        qs += [("colour", f"What colour is the shape at the {t.where}?", t.colour),
-               ("shape", f"What shape is at the {t.where}?", t.shape)]
-        if sum((u.colour, u.shape) == (t.colour, t.shape) for u in things) == 1:
+    at = {t.where: t for t in things}
+    for w in QUADRANTS:
+        t = at.get(w)
+        qs += [("colour", f"What colour is the shape at the {w}?", t.colour if t else "none"),
+               ("size", f"How big is the shape at the {w}?", t.size if t else "none"),
+               ("shape", f"What shape is at the {w}?", t.shape if t else "none")]
+        if t and sum((u.colour, u.shape) == (t.colour, t.shape) for u in things) == 1:
             qs.append(("position", f"Where is the {t.colour} {t.shape}?", t.where))
     small = [t for t in things if t.size == "small"]
     if len(small) == 1: qs.append(("small", "What colour is the small shape?", small[0].colour))
@@ -83,15 +90,30 @@ def _conv(pairs) -> list[dict]:
     for q, a in pairs: out += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     return out
 
+def _heldout_rows(rng: random.Random, n: int, image_size: int, img_dir: Path, seen: set, prefix: str = "ho") -> list[dict]:
+    "`n` held-out questions on new scenes, none of whose pixels are in `seen` (digests of the training images)."
+    rows = []
+    while len(rows) < n:
+        things = random_scene(rng); im = draw_scene(things, image_size, rng)
+        if image_digest(im) in seen: continue  # the same picture as a training image: draw another
+        name = f"{prefix}_{len(rows):05d}.png"; im.save(img_dir / name)
+        cat, q, a = rng.choice([x for x in questions(things, rng) if x[0] in HELDOUT_CATEGORIES])
+        rows.append({"question_id": f"{prefix}_{len(rows)}", "image": name, "text": q, "answer": a, "category": cat})
+    return rows
+
+def _write_jsonl(path: Path, rows: list[dict]): path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
 def make_toy_data(out_dir, # created if needed
                   n_stage1: int = 2000, n_stage2: int = 2000, n_heldout: int = 300,
-                  image_size: int = 64, seed: int = 0) -> dict:
+                  image_size: int = 64, seed: int = 0,
+                  turns: tuple = (2, 5), # fewest and most question turns of a stage-2 conversation
+                  heldout_seed: int | None = None) -> dict: # the held-out split's own random stream (default: `seed`)
     "Write images, stage1.json, stage2.json and heldout.jsonl under `out_dir`; return their paths and counts."
     out = Path(out_dir); img_dir = out / "images"; img_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
+    rng, seen = random.Random(seed), set()
     def new_image(name):
-        things = random_scene(rng)
-        draw_scene(things, image_size, rng).save(img_dir / name)
+        things = random_scene(rng); im = draw_scene(things, image_size, rng)
+        im.save(img_dir / name); seen.add(image_digest(im))
         return things
     stage1 = []
     for i in range(n_stage1):
@@ -105,29 +127,41 @@ def make_toy_data(out_dir, # created if needed
             stage2.append({"id": f"s2_{i}", "conversations": _conv([(f"What is {a} plus {b}?", str(a + b))])})
             continue
         name = f"s2_{i:05d}.png"; things = new_image(name)
-        pairs = [(q, a) for _, q, a in questions(things, rng)[:rng.randint(2, 3)]]
+        pairs = [(q, a) for _, q, a in questions(things, rng)[:rng.randint(*turns)]]
         pairs[0] = (f"{IMAGE_TOKEN}\n{pairs[0][0]}", pairs[0][1])
         stage2.append({"id": f"s2_{i}", "image": name, "conversations": _conv(pairs)})
-    heldout = []
-    for i in range(n_heldout):
-        name = f"ho_{i:05d}.png"; things = new_image(name)
-        cat, q, a = rng.choice([x for x in questions(things, rng) if x[0] in HELDOUT_CATEGORIES])
-        heldout.append({"question_id": f"ho_{i}", "image": name, "text": q, "answer": a, "category": cat})
+    hseed = seed if heldout_seed is None else heldout_seed
+    heldout = _heldout_rows(random.Random(f"heldout-{hseed}"), n_heldout, image_size, img_dir, seen)
     paths = {"image_folder": img_dir, "stage1": out / "stage1.json", "stage2": out / "stage2.json",
              "heldout": out / "heldout.jsonl"}
     paths["stage1"].write_text(json.dumps(stage1))
     paths["stage2"].write_text(json.dumps(stage2))
-    paths["heldout"].write_text("\n".join(json.dumps(r) for r in heldout) + "\n")
-    manifest = dict(seed=seed, image_size=image_size, n_stage1=n_stage1, n_stage2=n_stage2, n_heldout=n_heldout)
+    _write_jsonl(paths["heldout"], heldout)
+    manifest = dict(seed=seed, heldout_seed=hseed, image_size=image_size, n_stage1=n_stage1, n_stage2=n_stage2,
+                    n_heldout=n_heldout, turns=list(turns))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {**{k: str(v) for k, v in paths.items()}, **manifest}
 
+def training_digests(data: dict) -> set:
+    "Pixel digests of every image of a toy dataset's stage-1 and stage-2 splits."
+    rows = json.loads(Path(data["stage1"]).read_text()) + json.loads(Path(data["stage2"]).read_text())
+    digest = lambda p: image_digest(Image.open(p).convert("RGB"))
+    return {digest(Path(data["image_folder"]) / r["image"]) for r in rows if r.get("image")}
+
+def make_heldout(data: dict, # a toy dataset, as `make_toy_data` returns it
+                 out_file, # the .jsonl to write; its images go next to the dataset's
+                 n: int = 300, heldout_seed: int = 1) -> str:
+    "Another held-out split for the same training data, from its own seed (images never seen in training)."
+    rng, img_dir = random.Random(f"heldout-{heldout_seed}"), Path(data["image_folder"])
+    rows = _heldout_rows(rng, n, data["image_size"], img_dir, training_digests(data), prefix=f"ho{heldout_seed}")
+    _write_jsonl(Path(out_file), rows)
+    return str(out_file)
+
 def toy_corpus(data: dict) -> list[str]:
-    "Every text of a toy dataset, plus the template words: what its tokenizer is trained on."
+    "Every text of the training splits, plus the template words: what the tokenizers and the stage-0 LLM are trained on (never the held-out split)."
     rows = json.loads(Path(data["stage1"]).read_text()) + json.loads(Path(data["stage2"]).read_text())
     texts = [t["value"].replace(IMAGE_TOKEN, "") for r in rows for t in r["conversations"]]
-    held = [json.loads(l) for l in Path(data["heldout"]).read_text().splitlines() if l]
-    return texts + [r["text"] + " " + r["answer"] for r in held] + [VICUNA_SYSTEM, "USER: ASSISTANT:"]
+    return texts + [VICUNA_SYSTEM, "USER: ASSISTANT:"]
 
 def toy_tokenizers(data: dict, vocab_size: int = 600):
     "(LLM tokenizer, text-tower tokenizer): byte-level BPE trained offline on the toy texts."
