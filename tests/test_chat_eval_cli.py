@@ -2,19 +2,14 @@
 import json, subprocess
 from pathlib import Path
 import pytest
-from PIL import Image
-from vmllm.model import tiny_vmllm
+from conftest import tiny_checkpoint
 
 def run(*args, stdin=""):
     return subprocess.run(list(args), input=stdin, capture_output=True, text=True, timeout=300)
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    model, proc = tiny_vmllm()
-    model.save_pretrained(d / "model"); proc.save_pretrained(d / "model")
-    Image.new("RGB", (40, 30), "blue").save(d / "blue.png")
-    return d
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "blue")
 
 def test_chat_streams_two_turns_and_explains(ckpt):
     r = run("vmllm_chat", "--model", str(ckpt / "model"), "--image", str(ckpt / "blue.png"), "--temperature", "0",

@@ -1,12 +1,12 @@
 """`vmllm_web` end to end: a launched server on 127.0.0.1, asked through `gradio_client`."""
 import shutil, socket, subprocess, sys, time
 import pytest
-from PIL import Image
 
 pytest.importorskip("gradio", reason="the web demo needs gradio (pip install 'vmllm[demo]')")
 gradio_client = pytest.importorskip("gradio_client", reason="the web demo test needs gradio_client")
 from vmllm.chat import Chat
-from vmllm.model import load_pretrained, tiny_vmllm
+from vmllm.model import load_pretrained
+from conftest import tiny_checkpoint
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -18,10 +18,7 @@ def text_of(content) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("web")
-    model, proc = tiny_vmllm()
-    model.save_pretrained(d / "model"); proc.save_pretrained(d / "model")
-    Image.new("RGB", (40, 30), "purple").save(d / "purple.png")
+    d = tiny_checkpoint(tmp_path_factory.mktemp("web"), "purple")
     port = free_port()
     cmd = [shutil.which("vmllm_web")] if shutil.which("vmllm_web") else [sys.executable, "-m", "vmllm.web"]
     proc_ = subprocess.Popen(cmd + ["--model", str(d / "model"), "--port", str(port), "--max_new_tokens", "8"],
