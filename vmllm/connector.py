@@ -4,8 +4,7 @@
 
 # %% ../nbs/03_connector.ipynb #c003
 from __future__ import annotations
-import torch
-from torch import nn, Tensor
+from torch import nn
 from .encoder import VisionTextEncoder, EncoderOutput
 from .enhance import GATES, STREAMS, VmllmEnhancer
 

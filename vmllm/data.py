@@ -4,8 +4,8 @@
 
 # %% ../nbs/07_data.ipynb #c003
 from __future__ import annotations
-import codecs, json, logging, math, os, random
-from dataclasses import dataclass, field
+import codecs, json, logging, os, random
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_evaluate.ipynb #c003
 from __future__ import annotations
-import json, re, string, tempfile
+import json, re, tempfile
 from collections import defaultdict
 from pathlib import Path
 import torch

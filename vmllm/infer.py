@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_infer.ipynb #c003
 from __future__ import annotations
-import json, re, string
+import json, string
 from collections import defaultdict
 from pathlib import Path
 import torch

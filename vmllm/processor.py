@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, load_llm_tokenizer, require_files
-from .encoder import build_image_processor, load_image_processor, pad_to_square, text_input_rule
+from .encoder import load_image_processor, pad_to_square, text_input_rule
 
 # %% auto #0
 __all__ = ['text_tower_prompt', 'encode_text', 'pad_rows', 'chat_turns', 'chat_template_for', 'VmllmProcessor']

@@ -11,14 +11,10 @@ import torch
 import yaml
 from accelerate import Accelerator
 from fastcore.script import call_parse
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from .core import IMAGE_TOKEN, load_llm_tokenizer
-from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, family_of,
-                           load_encoder_model, load_image_processor, tiny_encoder_config)
+from .encoder import ENCODER_PRESETS, FAMILY_RULES, _model_from_config, tiny_encoder_config
 from .infer import heldout_accuracy
-from .model import VmllmForCausalLM, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
+from .model import from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
-from .processor import VmllmProcessor
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
 from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
                          zero3_off, train_contrastive, train_language_model, train_stage)

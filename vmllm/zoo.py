@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
 from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files
-from .encoder import (ENCODER_PRESETS, FAMILY_RULES, _model_from_config, build_image_processor, encoder_config,
-                           family_of, load_encoder_model, load_image_processor)
-from .model import VmllmConfig, VmllmForCausalLM, diff_state_dicts, load_pretrained, processor_for
+from .encoder import (ENCODER_PRESETS, _model_from_config, encoder_config, family_of, load_encoder_model,
+                           load_image_processor)
+from .model import VmllmConfig, VmllmForCausalLM, load_pretrained, processor_for
 from .processor import VmllmProcessor
 
 # %% auto #0
