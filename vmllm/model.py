@@ -19,8 +19,8 @@ from .connector import CONNECTORS, build_connector
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for', 'from_local_dirs',
-           'diff_state_dicts', 'load_pretrained']
+__all__ = ['CHECKPOINT_FILES', 'VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for',
+           'from_local_dirs', 'diff_state_dicts', 'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -320,9 +320,10 @@ def diff_state_dicts(a: dict, b: dict) -> list[str]:
                   or not torch.equal(a[k], b[k]))
 
 # %% ../nbs/05_model.ipynb #c029
+CHECKPOINT_FILES = ("config.json", "model.safetensors|model.safetensors.index.json", VmllmProcessor.config_name)
+
 def load_pretrained(path, # a directory written by `model.save_pretrained` and `processor.save_pretrained`
                     **kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
     "Model and processor from a local vmllm checkpoint directory."
-    path = require_files(path, "config.json", "model.safetensors|model.safetensors.index.json",
-                         VmllmProcessor.config_name, what="vmllm checkpoint")
+    path = require_files(path, *CHECKPOINT_FILES, what="vmllm checkpoint")
     return VmllmForCausalLM.from_pretrained(path, local_files_only=True, **kwargs), VmllmProcessor.from_pretrained(path)

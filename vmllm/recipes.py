@@ -13,7 +13,8 @@ from accelerate import Accelerator
 from fastcore.script import call_parse
 from .encoder import ENCODER_PRESETS, FAMILY_RULES, _model_from_config, tiny_encoder_config
 from .infer import heldout_accuracy
-from .model import from_local_dirs, load_pretrained, processor_for, tiny_vmllm
+from .core import require_files
+from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
 from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
@@ -111,7 +112,7 @@ def stage_config(cfg: dict, stage: int, world: int = 1, require_data: bool = Tru
     return StageConfig(stage=stage, seed=cfg.get("seed", 0), **s)
 
 # %% ../nbs/11_recipes.ipynb #c011
-def real_model(m: dict, llm_dtype=torch.bfloat16) -> tuple:
+def real_model(m: dict, llm_dtype=torch.float32) -> tuple:
     "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm` (loaded in `llm_dtype`)."
     if m.get("init"): return load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None)
     if not m.get("llm"): raise ValueError("no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH")
@@ -128,8 +129,8 @@ def _accelerator(cfg: dict) -> Accelerator:
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise ValueError("FSDP needs GPUs (accelerate does not shard models over CPU processes): on CPUs use DDP "
                          "(torchrun --nproc_per_node N) or DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml)")
-    sharded = any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"))
-    if sharded: return Accelerator(mixed_precision=mp, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])  # DeepSpeed, FSDP
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # accelerate needs the process group named for DeepSpeed
+        return Accelerator(mixed_precision=mp, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
     return Accelerator(mixed_precision=mp, cpu=True)  # DDP, e.g. torchrun on CPUs
 
 def _stage0_times(t0: float, losses: list, c: dict) -> dict:
@@ -212,8 +213,8 @@ def check_resume_config(out: Path, cfg: dict):
 
 def finished(final: Path) -> bool:
     "A stage's final model folder is complete (it is written atomically; this also rejects a partial one from older versions)."
-    return (final / "config.json").exists() and (final / "vmllm_processor.json").exists() and \
-        any((final / w).exists() for w in ("model.safetensors", "model.safetensors.index.json"))
+    try: require_files(final, *CHECKPOINT_FILES); return True
+    except FileNotFoundError: return False
 
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe; returns a summary (per stage, and held-out accuracy for the toy)."

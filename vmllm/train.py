@@ -166,8 +166,8 @@ def load_optimizer(opt, folder: Path):
 def rng_state() -> dict:
     "Python's, NumPy's and PyTorch's RNG states as JSON-able values."
     import numpy as np
-    np_state = np.random.get_state()
-    out = dict(python=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    np_state, py_state = np.random.get_state(), random.getstate()
+    out = dict(python=[py_state[0], list(py_state[1]), py_state[2]],
                numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]], torch=torch.get_rng_state().tolist())
     if torch.cuda.is_available(): out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return out
@@ -226,9 +226,15 @@ def load_checkpoint(acc: Accelerator, ckpt: Path, model, opt, sched) -> dict:
         with deepspeed_safe_loading():
             acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
                                                                 load_lr_scheduler_states=False)
-        sched.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
-        set_rng_state(json.loads((ckpt / f"rng-{acc.process_index}.json").read_text()))
-        return json.loads((ckpt / STATE_FILE).read_text())
+    else: _load_trained_tensors(acc, ckpt, model, opt)
+    sched.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
+    rng = ckpt / f"rng-{acc.process_index}.json"
+    if not rng.exists(): raise ValueError(f"{ckpt} was written by fewer processes than {acc.num_processes}: resume with the same number")
+    set_rng_state(json.loads(rng.read_text()))
+    return json.loads((ckpt / STATE_FILE).read_text())
+
+def _load_trained_tensors(acc: Accelerator, ckpt: Path, model, opt):
+    "The trained parameters and the optimizer state of a checkpoint written without DeepSpeed."
     inner = acc.unwrap_model(model)
     if not (ckpt / "trainable.safetensors").exists():
         raise ValueError(f"{ckpt} is not a checkpoint of this vmllm version (an older one used pickled state, which resuming "
@@ -241,11 +247,6 @@ def load_checkpoint(acc: Accelerator, ckpt: Path, model, opt, sched) -> dict:
         params = dict(inner.named_parameters())
         for k, v in tensors.items(): params[k].copy_(v)
     load_optimizer(opt, ckpt)
-    sched.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
-    rng = ckpt / f"rng-{acc.process_index}.json"
-    if not rng.exists(): raise ValueError(f"{ckpt} was written by fewer processes than {acc.num_processes}: resume with the same number")
-    set_rng_state(json.loads(rng.read_text()))
-    return json.loads((ckpt / STATE_FILE).read_text())
 
 def data_fingerprint(path) -> dict:
     "Size and a hash of the first and last MiB of a data file: enough to notice another file on resume."
