@@ -9,14 +9,19 @@ What it measures, printed with the command and the machine:
    vMLLM connector and the LLaVA-1.5 connector: samples/s, peak memory, model FLOPs utilisation and the connector's
    share of the step time;
 2. the enhancement alone, forward+backward, reference formulation against the fast form: time and peak memory;
-3. if DeepSpeed is installed: a single-process ZeRO-2 and ZeRO-3 step whose gathered model is saved and reloads.
+3. `vmllm_train` itself under the shipped accelerate configs, one process on this device (tiny toy recipe, stage 1 then
+   stage 2 from the same start): FSDP2 for both stages, ZeRO-2 for stage 1 and ZeRO-3 for stage 2 (if DeepSpeed is
+   installed), each against a plain run: the backend it ran, the largest relative difference of its per-step losses,
+   and the final model's logits after reloading;
+4. if DeepSpeed is installed: a single-process ZeRO-2 and ZeRO-3 step at real size whose gathered model is saved and
+   reloads.
 
 MFU formula: FLOPs per sample = 6 * P_LLM * T (forward + backward of the trained LLM) + 2 * P_LLM * T (the forward
 recomputed by gradient checkpointing) + 2 * P_tower * 729 (the frozen tower's forward) + 6 * P_connector * 729, over
 the GPU's dense bf16 peak (--peak-tflops, 989 for an H100 SXM). Attention's T^2 terms are left out (T = 729 image
 slots + text), so this under-counts slightly.
 """
-import argparse, json, os, platform, shlex, sys, tempfile, time
+import argparse, json, os, shlex, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -119,6 +124,69 @@ def zero_step(stage: int, tiny: bool, out: Path) -> str:
     return f"ZeRO-{stage}: one step, loss {loss.item():.3f}; saved model reloads ({count(again) / 1e6:.1f}M parameters)"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TOY = ("toy_data.n_stage1=48 toy_data.n_stage2=48 toy_data.n_heldout=4 toy_data.image_size=32 model.image_size=32 "
+            "model.encoder_layers=2 model.llm_layers=2 model.llm_width=64 model.encoder_width=48 stage0.steps=2 stage0_llm.steps=2 "
+            "stage1.max_steps=3 stage1.global_batch=16 stage1.batch_size=8 stage1.lr=3e-3 stage1.save_every=0 "
+            "stage2.max_steps=3 stage2.global_batch=16 stage2.batch_size=8 stage2.save_every=0")
+
+
+def train_command(config: str | None, port: int, tmp: Path) -> list[str]:
+    "`vmllm_train` as a plain process or under `accelerate launch` with a shipped config and one process."
+    script = shutil.which("vmllm_train")
+    if script is None:  # the package is importable but not installed: a two-line launcher
+        script = str(tmp / "vmllm_train.py")
+        Path(script).write_text("from vmllm.recipes import vmllm_train\nvmllm_train()\n")
+    if config is None: return [sys.executable, script]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
+            "--num_processes", "1", "--mixed_precision", "no", "--main_process_port", str(port), script]
+
+
+def run_all(jobs: dict, env: dict) -> dict:
+    "Run the commands of `jobs` side by side; their (return code, output) by name."
+    procs = {k: subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for k, c in jobs.items()}
+    return {k: (p.wait(timeout=900), p.stdout.read()) for k, p in procs.items()}
+
+
+def launch_check(tmp: Path) -> list[str]:
+    "Section 3: the training command under each shipped accelerate config against a plain run (see the module docstring)."
+    import importlib.util
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    has_ds = importlib.util.find_spec("deepspeed") is not None
+    def job(config, stages, name, port, init=None):
+        return train_command(config, port, tmp) + ["--preset", "toy", "--stages", stages, "--output_dir", str(tmp / name),
+                                                   "--set", TINY_TOY] + (["--init", str(init)] if init else [])
+    first = {"plain1": job(None, "0,1", "plain1", 0), "fsdp1": job("fsdp.yaml", "0,1", "fsdp1", 29611)}
+    if has_ds: first["zero2"] = job("zero2.yaml", "0,1", "zero2", 29612)
+    start = tmp / "plain1" / "stage1" / "final"
+    second = {"plain2": None, "fsdp2": ("fsdp.yaml", 29613)} | ({"zero3": ("zero3.yaml", 29614)} if has_ds else {})
+    results = run_all(first, env)
+    if results["plain1"][0] == 0:
+        results |= run_all({k: job(c and c[0], "2", k, c[1] if c else 0, start) for k, c in second.items()}, env)
+    lines = [] if has_ds else ["ZeRO-2/ZeRO-3 under accelerate launch: skipped, DeepSpeed is not installed"]
+    from vmllm.model import load_pretrained
+    from PIL import Image
+    def logits(name, stage):
+        model, proc = load_pretrained(tmp / name / f"stage{stage}" / "final")
+        with torch.no_grad(): return model(**proc("USER: <image>\nWhat colour? ASSISTANT:", images=[Image.new("RGB", (40, 30), "red")])).logits
+    def losses(name, stage): return [h["loss"] for h in json.loads((tmp / name / f"stage{stage}" / "history.json").read_text())]
+    for name, (stage, plain) in {"fsdp1": (1, "plain1"), "zero2": (1, "plain1"), "fsdp2": (2, "plain2"), "zero3": (2, "plain2")}.items():
+        if name not in results: continue
+        rc, output = results[name]
+        if rc != 0 or results[plain][0] != 0:
+            bad = name if rc != 0 else plain
+            lines.append(f"{name}: FAILED ({bad}): " + " | ".join(results[bad][1].strip().splitlines()[-6:])[-1500:]); continue
+        backend = next((l for l in output.splitlines() if l.startswith("backend: ")), "backend: ?")
+        a, b = losses(name, stage), losses(plain, stage)
+        dl = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+        la, lb = logits(name, stage), logits(plain, stage)
+        lines.append(f"{name} (stage {stage}, {backend}): per-step losses {', '.join(f'{x:.4f}' for x in a)}, "
+                     f"largest relative difference to one plain process {dl:.1e}; reloaded final model's logits differ by "
+                     f"{((la - lb).abs().max() / lb.abs().max()).item():.1e} (relative)")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -126,6 +194,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--text", type=int, default=256, help="text tokens per sample besides the 729 image slots")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--skip-launch", action="store_true", help="skip section 3 (vmllm_train under the accelerate configs)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -154,14 +223,17 @@ def main(argv=None):
         (rf, rb, *rm), (ff, fb, *fm) = row["reference"], row["fast"]
         mem = f", peak {rm[0]:.2f} -> {fm[0]:.2f} GiB" if rm else ""
         print(f"enhancement {name}: forward+backward {rb * 1e3:.1f} -> {fb * 1e3:.1f} ms ({rb / fb:.1f}x){mem}, difference {diff:.1e}")
+    if not args.skip_launch:  # tiny and quick: before the real-size ZeRO steps
+        with tempfile.TemporaryDirectory() as d:
+            for line in launch_check(Path(d)): print(line, flush=True)
     try:
         import deepspeed  # noqa: F401
+        for stage in (2, 3):
+            with tempfile.TemporaryDirectory() as d:
+                try: print(zero_step(stage, args.tiny, Path(d)))
+                except Exception as ex: print(f"ZeRO-{stage}: FAILED {ex.__class__.__name__}: {str(ex)[:300]}")
     except ImportError:
-        print("ZeRO-2/ZeRO-3: skipped, DeepSpeed is not installed"); return
-    for stage in (2, 3):
-        with tempfile.TemporaryDirectory() as d:
-            try: print(zero_step(stage, args.tiny, Path(d)))
-            except Exception as ex: print(f"ZeRO-{stage}: FAILED {ex.__class__.__name__}: {str(ex)[:300]}")
+        print("ZeRO-2/ZeRO-3: skipped, DeepSpeed is not installed")
 
 
 if __name__ == "__main__":

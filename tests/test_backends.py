@@ -1,9 +1,8 @@
-"""Training at scale, on two CPU processes: DDP (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 (through `accelerate launch`
-with the shipped configs) train a toy stage with gradient accumulation to the same per-step losses as one process
-with the same global batch, and save a final model that reloads with the same logits; a DeepSpeed run killed after a
-checkpoint resumes to the same weights and refuses a planted pickle. DeepSpeed is an optional extra
-(`pip install -e ".[deepspeed]"`); without it its cases skip. FSDP needs GPUs: accelerate does not shard over CPU
-processes, so on CPUs its config is refused with a message saying what to use instead. Own CI step:
+"""Training at scale, on two CPU processes: DDP (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 and FSDP2 (through
+`accelerate launch` with the shipped configs) train a toy stage with gradient accumulation to the same per-step losses
+as one process with the same global batch, and save a final model that reloads with the same logits; a run killed
+after a checkpoint resumes to the same weights, and DeepSpeed's own checkpoint files refuse a planted pickle.
+DeepSpeed is an optional extra (`pip install -e ".[deepspeed]"`); without it its cases skip. Own CI step:
 `pytest -m backends tests`."""
 import importlib.util, json, os, shutil, subprocess, sys
 from pathlib import Path
@@ -58,7 +57,8 @@ def logits_of(final: Path):
 
 BACKENDS = [pytest.param([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", shutil.which("vmllm_train")], id="ddp"),
             pytest.param(launch("zero2.yaml"), id="zero2", marks=no_deepspeed),
-            pytest.param(launch("zero3.yaml"), id="zero3", marks=no_deepspeed)]
+            pytest.param(launch("zero3.yaml"), id="zero3", marks=no_deepspeed),
+            pytest.param(launch("fsdp.yaml"), id="fsdp2")]
 
 
 @pytest.mark.parametrize("command", BACKENDS)
@@ -82,17 +82,19 @@ def test_deepspeed_refuses_two_stages_in_one_launch(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine FSDP runs")
-def test_fsdp_on_cpus_says_what_to_use(tmp_path):
-    r = subprocess.run(launch("fsdp.yaml") + ["--preset", "toy", "--stages", "1", "--output_dir", str(tmp_path / "x"), "--set", TINY],
-                       capture_output=True, text=True, timeout=600, env=ENV)
-    assert r.returncode != 0 and "FSDP needs GPUs" in r.stderr, r.stderr[-2000:]
+def test_fsdp1_on_cpus_says_what_to_use(tmp_path):
+    cfg = tmp_path / "fsdp1.yaml"
+    cfg.write_text((CONFIGS / "fsdp.yaml").read_text().replace("fsdp_version: 2", "fsdp_version: 1"))
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), "--num_processes", "2",
+                        "--mixed_precision", "no", shutil.which("vmllm_train"), "--preset", "toy", "--stages", "1",
+                        "--output_dir", str(tmp_path / "x"), "--set", TINY], capture_output=True, text=True, timeout=600, env=ENV)
+    assert r.returncode != 0 and "on CPUs only FSDP2 runs" in r.stderr, r.stderr[-2000:]
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", shutil.which("vmllm_train")]
 
 @pytest.mark.parametrize("config", [pytest.param("ddp", id="ddp"), pytest.param("zero2.yaml", marks=no_deepspeed),
-                                    pytest.param("zero3.yaml", marks=no_deepspeed)])
+                                    pytest.param("zero3.yaml", marks=no_deepspeed), pytest.param("fsdp.yaml")])
 def test_two_process_run_resumes_exactly_and_safely(config, tmp_path):
     "Killed after a checkpoint, resumed: the same weights as a run never interrupted; a planted pickle is refused, not run."
     from safetensors.torch import load_file
@@ -106,7 +108,7 @@ def test_two_process_run_resumes_exactly_and_safely(config, tmp_path):
     assert go(tmp_path / "straight").returncode == 0
     assert go(tmp_path / "run", kill="stage1:step3").returncode != 0
     assert (tmp_path / "run" / "stage1" / "checkpoint-2" / "trainer_state.json").is_file()
-    if config != "ddp":  # DeepSpeed's own shard files: read with weights_only=True
+    if config.startswith("zero"):  # DeepSpeed's own shard files: read with weights_only=True
         evil = shutil.copytree(tmp_path / "run", tmp_path / "evil")
         marker = tmp_path / "pwned"
         class Exploit:
@@ -130,15 +132,16 @@ def test_gpu_check_runs_its_code_path_on_tiny_models():
     for line in ("vmllm      stage-2 step", "mlp2x_gelu stage-2 step", "enhancement clip-b32: forward+backward"):
         assert line in r.stdout, r.stdout
     assert ("ZeRO-3: one step" in r.stdout and "saved model reloads" in r.stdout) or "DeepSpeed is not installed" in r.stdout, r.stdout
+    assert "fsdp2 (stage 2, backend: single on 1 process(es) (cpu)" in r.stdout and "FAILED" not in r.stdout, r.stdout
 
 
-@no_deepspeed
-def test_lora_under_zero3_trains_like_one_process(reference, tmp_path):
+@pytest.mark.parametrize("config", [pytest.param("zero3.yaml", marks=no_deepspeed), pytest.param("fsdp.yaml")])
+def test_lora_sharded_trains_like_one_process(config, reference, tmp_path):
     "Stage 2 with LoRA adapters: per-step losses as one process; the adapters are merged into the gathered final model."
     init = str(reference / "s1" / "stage1" / "final")
     lora = "stage2.lora_r=4 stage2.lora_dropout=0"  # dropout masks depend on how rows are split over processes
     one = train(["vmllm_train", "--stages", "2", "--init", init], tmp_path / "one", 8, lora)
-    two = train(launch("zero3.yaml") + ["--stages", "2", "--init", init], tmp_path / "two", 4, lora)
+    two = train(launch(config) + ["--stages", "2", "--init", init], tmp_path / "two", 4, lora)
     a, b = losses(two, 2), losses(one, 2)
     assert all(abs(x - y) <= 1e-4 * abs(y) for x, y in zip(a, b)), (a, b)
     from safetensors.torch import load_file

@@ -19,7 +19,8 @@ from .zoo import load_any
 from .synth import make_toy_data, toy_corpus, toy_tokenizers
 from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
                          zero3_off, train_contrastive, train_language_model, train_stage)
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate import FullyShardedDataParallelPlugin, PartialState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
 # %% auto #0
 __all__ = ['PRESETS', 'RUN_SAFE_TO_CHANGE', 'merge', 'parse_sets', 'resolve', 'check_stage_options', 'stage_config', 'real_model',
@@ -126,12 +127,22 @@ def _accelerator(cfg: dict) -> Accelerator:
     mp = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else cfg.get("mixed_precision", "no")
     if mp == "bf16" and not torch.cuda.is_available() and not torch.backends.mps.is_available(): mp = "no"
     if int(os.environ.get("WORLD_SIZE", 1)) == 1 or torch.cuda.is_available(): return Accelerator(mixed_precision=mp)
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise ValueError("FSDP needs GPUs (accelerate does not shard models over CPU processes): on CPUs use DDP "
-                         "(torchrun --nproc_per_node N) or DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true": return _fsdp2_on_cpus(mp)
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # accelerate needs the process group named for DeepSpeed
         return Accelerator(mixed_precision=mp, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
     return Accelerator(mixed_precision=mp, cpu=True)  # DDP, e.g. torchrun on CPUs
+
+def _fsdp2_on_cpus(mp) -> Accelerator:
+    """accelerate turns FSDP on for GPUs only, but its FSDP2 path (PyTorch's `fully_shard`) runs as well on CPU processes
+    over gloo: make the CPU accelerator an FSDP2 one, with the plugin the launcher's config describes."""
+    if os.environ.get("FSDP_VERSION", "1") != "2":  # FSDP1 wants a GPU per process
+        raise ValueError("on CPUs only FSDP2 runs (set fsdp_version: 2, as configs/accelerate/fsdp.yaml does); "
+                         "or use DDP (torchrun --nproc_per_node N) or DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml)")
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings `accelerate launch` exported
+    acc = Accelerator(mixed_precision=mp, cpu=True, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    PartialState._shared_state["distributed_type"] = acc.state.distributed_type = DistributedType.FSDP  # both: states re-read it
+    acc.state.fsdp_plugin = plugin
+    return acc
 
 def _stage0_times(t0: float, losses: list, c: dict) -> dict:
     "Time, rate and loss curve ends of a stage-0 run."
@@ -237,6 +248,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     if acc.is_main_process:
         (out / "run_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         print("resolved config:\n" + yaml.safe_dump(cfg, sort_keys=False))
+        print(f"backend: {backend_of(acc)} on {acc.num_processes} process(es) ({acc.device.type}), mixed precision {acc.mixed_precision}")
     summary = dict(preset=cfg.get("preset"), stages={})
     for stage in (1, 2):
         if stage not in cfg["stages"]: continue

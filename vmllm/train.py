@@ -26,11 +26,12 @@ from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora',
            'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'CheckpointWriteError', 'atomic_dir', 'latest_checkpoint',
-           'trainable_state', 'save_optimizer', 'load_optimizer', 'rng_state', 'set_rng_state',
-           'deepspeed_safe_loading', 'save_checkpoint', 'load_checkpoint', 'data_fingerprint', 'changed_settings',
-           'plot_history', 'backend_of', 'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict',
-           'merge_lora_state', 'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step',
-           'record_step', 'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
+           'trainable_state', 'save_optimizer', 'read_optimizer', 'fsdp_full_state', 'write_trained_state', 'rng_state',
+           'set_rng_state', 'deepspeed_safe_loading', 'save_checkpoint', 'load_checkpoint', 'data_fingerprint',
+           'changed_settings', 'plot_history', 'backend_of', 'configure_deepspeed', 'zero3_off', 'placeholder_batch',
+           'full_state_dict', 'merge_lora_state', 'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum',
+           'optimizer_step', 'record_step', 'save_final', 'train_stage', 'caption_pairs', 'train_contrastive',
+           'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -147,9 +148,9 @@ def trainable_state(model) -> dict:
     "The tensors training changes (the parameters that require grad)."
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
-def save_optimizer(opt, folder: Path):
-    "Optimizer state as safetensors (tensors) + JSON (the rest)."
-    sd, tensors = opt.state_dict(), {}
+def save_optimizer(sd: dict, folder: Path):
+    "An optimizer's state dict as safetensors (tensors) + JSON (the rest)."
+    tensors = {}
     meta = dict(param_groups=sd["param_groups"], state={})
     for idx, st in sd["state"].items():
         meta["state"][str(idx)] = {k: "<tensor>" if torch.is_tensor(v) else v for k, v in st.items()}
@@ -157,11 +158,27 @@ def save_optimizer(opt, folder: Path):
     save_file(tensors, folder / "optimizer.safetensors")
     (folder / "optimizer.json").write_text(json.dumps(meta))
 
-def load_optimizer(opt, folder: Path):
-    "The inverse of `save_optimizer`."
+def read_optimizer(folder: Path) -> dict:
+    "The inverse of `save_optimizer` (parameters are numbered, or named by their path under FSDP)."
     tensors, meta = load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text())
-    state = {int(i): {k: tensors[f"{i}.{k}"] if v == "<tensor>" else v for k, v in st.items()} for i, st in meta["state"].items()}
-    opt.load_state_dict(dict(state=state, param_groups=meta["param_groups"]))
+    state = {int(i) if i.isdigit() else i: {k: tensors[f"{i}.{k}"] if v == "<tensor>" else v for k, v in st.items()}
+             for i, st in meta["state"].items()}
+    return dict(state=state, param_groups=meta["param_groups"])
+
+def fsdp_full_state(model, opt) -> tuple[dict, dict]:
+    "Under FSDP: the trained parameters and the optimizer state, whole, on the main process (empty elsewhere); every process must call this."
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    msd, osd = get_state_dict(model, getattr(opt, "optimizer", opt), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in msd.items() if k in trained}, osd
+
+def write_trained_state(acc: Accelerator, model, opt, folder: Path):
+    "The trained parameters and the optimizer state as safetensors + JSON (under FSDP gathered from every process first)."
+    if backend_of(acc) == "fsdp": tensors, osd = fsdp_full_state(model, opt)
+    else: tensors, osd = trainable_state(acc.unwrap_model(model)), opt.state_dict()
+    if acc.is_main_process:
+        save_file(tensors, folder / "trainable.safetensors")
+        save_optimizer(osd, folder)
 
 def rng_state() -> dict:
     "Python's, NumPy's and PyTorch's RNG states as JSON-able values."
@@ -203,9 +220,7 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt,
         (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(rng_state()))
         if backend_of(acc) == "deepspeed":  # sharded weights and optimizer: every process writes its part, DeepSpeed's way
             acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp), tag="deepspeed", client_state={}, save_latest=False)
-        elif acc.is_main_process:
-            save_file(trainable_state(acc.unwrap_model(model)), tmp / "trainable.safetensors")
-            save_optimizer(opt, tmp)
+        else: write_trained_state(acc, model, opt, tmp)
         _kill_point(f"stage{state['config']['stage']}:checkpoint{state['step']}")
         if acc.is_main_process:
             (tmp / "scheduler.json").write_text(json.dumps(sched.state_dict()))
@@ -235,18 +250,26 @@ def load_checkpoint(acc: Accelerator, ckpt: Path, model, opt, sched) -> dict:
 
 def _load_trained_tensors(acc: Accelerator, ckpt: Path, model, opt):
     "The trained parameters and the optimizer state of a checkpoint written without DeepSpeed."
-    inner = acc.unwrap_model(model)
+    inner, fsdp = acc.unwrap_model(model), backend_of(acc) == "fsdp"
     if not (ckpt / "trainable.safetensors").exists():
         raise ValueError(f"{ckpt} is not a checkpoint of this vmllm version (an older one used pickled state, which resuming "
                          "no longer reads, as it can run code): restart the stage, or start from its last final model")
     tensors = load_file(ckpt / "trainable.safetensors")
-    missing = sorted(set(trainable_state(inner)) - set(tensors))
+    missing = sorted({n for n, p in inner.named_parameters() if p.requires_grad} - set(tensors))
     if missing: raise ValueError(f"{ckpt} does not hold the tensors this stage trains, e.g. {missing[:3]}: "
                                  "was it written by another stage or with other options (LoRA)?")
+    osd = read_optimizer(ckpt)
+    if any(isinstance(k, str) for k in osd["state"]) != fsdp:
+        raise ValueError(f"{ckpt} was written {'without' if fsdp else 'under'} FSDP: resume with the backend that wrote it")
+    if fsdp:  # every process reads the whole state and keeps its shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        set_state_dict(model, getattr(opt, "optimizer", opt), model_state_dict=tensors, optim_state_dict=osd,
+                       options=StateDictOptions(full_state_dict=True, strict=False))
+        return
     with torch.no_grad():
         params = dict(inner.named_parameters())
         for k, v in tensors.items(): params[k].copy_(v)
-    load_optimizer(opt, ckpt)
+    opt.load_state_dict(osd)
 
 def data_fingerprint(path) -> dict:
     "Size and a hash of the first and last MiB of a data file: enough to notice another file on resume."
@@ -401,6 +424,7 @@ def optimizer_step(model, micro: list, acc: Accelerator, opt, sched, params: lis
             total_loss += loss_sum.detach()
     if engine is None:
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.zeros(())
+        if hasattr(grad_norm, "full_tensor"): grad_norm = grad_norm.full_tensor()  # FSDP2: a DTensor
         if acc.reduce((~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))).float(), "sum") > 0: raise stop("gradient")
         opt.step(); opt.zero_grad(set_to_none=True)
     elif not math.isfinite(float(engine.get_global_grad_norm() or 0.0)):
@@ -449,9 +473,6 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     report = preflight(ds, cfg.preflight_rows)
     params = prepare_for_stage(model, cfg)
     world, rank = acc.num_processes, acc.process_index
-    if backend_of(acc) == "fsdp" and (cfg.save_every or resume):
-        raise ValueError(f"checkpoints and --resume are not supported under FSDP yet: set stage{cfg.stage}.save_every=0 "
-                         "(the final model is still saved), or train with DDP or DeepSpeed")
     configure_deepspeed(acc, cfg)
     sampler = ModalityLengthSampler(ds.modality_lengths(), cfg.batch_size * world, seed=cfg.seed)
     steps_per_epoch = len(_local_batches(sampler, 0, world, rank)) // cfg.grad_accum
@@ -460,6 +481,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     model, opt = acc.prepare(model, opt)  # the scheduler is not prepared: prepared, it steps once per process
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP puts sharded parameters in place of the originals
     state = resume_state(acc, out, cfg, model, opt, sched) if resume else fresh_state(cfg)
     connector_params = [p for p in acc.unwrap_model(model).mm_projector.parameters() if p.requires_grad]
     collate = Collator(processor)
