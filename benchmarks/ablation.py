@@ -6,7 +6,7 @@
 Every variant gets the same data, stage-0 models, steps and seeds. Writes results.json in
 --output_dir and, with --publish, nbs/ablation_results.json and nbs/images/ablation.png.
 """
-import argparse, json, shutil, sys
+import argparse, shutil, sys
 from pathlib import Path
 from vmllm.ablation import markdown_table, plot_summary, run_ablation, summarise
 

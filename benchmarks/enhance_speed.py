@@ -14,7 +14,8 @@ resident memory during one run (sampled every millisecond, Linux), in a fresh pr
 import argparse, json, os, statistics, subprocess, sys, threading, time
 import torch
 from torch import nn
-from vmllm.enhance import VmllmEnhancer, split_cls, split_mean
+from vmllm.encoder import split_cls, split_mean
+from vmllm.enhance import VmllmEnhancer
 
 # (name, vision width d, embedding width e, hidden states fed to the enhancement, tokens incl. CLS, CLS?)
 SHAPES = {

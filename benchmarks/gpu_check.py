@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 from vmllm.core import IGNORE_INDEX
-from vmllm.encoder import _model_from_config, encoder_config, tiny_encoder_config
+from vmllm.encoder import model_from_config, encoder_config, tiny_encoder_config
 from vmllm.model import VmllmForCausalLM
 from vmllm.train import set_trainable, token_loss_sum
 
@@ -38,11 +38,11 @@ def build(connector: str, tiny: bool, device):
     "A vMLLM model from random real-size (or tiny) parts, on `device`."
     torch.manual_seed(0)
     if tiny:
-        enc = _model_from_config(tiny_encoder_config("siglip", vocab_size=512, image_size=32, patch_size=8))
+        enc = model_from_config(tiny_encoder_config("siglip", vocab_size=512, image_size=32, patch_size=8))
         llm_cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     else:
-        enc = _model_from_config(encoder_config("siglip-so400m-384"))
+        enc = model_from_config(encoder_config("siglip-so400m-384"))
         llm_cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096)
     llm = AutoModelForCausalLM.from_config(llm_cfg)
@@ -220,7 +220,7 @@ def main(argv=None):
                            batch=args.batch, llm_width=2048 if not args.tiny else 64, repeats=3)
     for name in (["siglip-so400m-384"] if not args.tiny else ["clip-b32"]):
         row, diff = enhance_bench(name, e)
-        (rf, rb, *rm), (ff, fb, *fm) = row["reference"], row["fast"]
+        (_, rb, *rm), (_, fb, *fm) = row["reference"], row["fast"]
         mem = f", peak {rm[0]:.2f} -> {fm[0]:.2f} GiB" if rm else ""
         print(f"enhancement {name}: forward+backward {rb * 1e3:.1f} -> {fb * 1e3:.1f} ms ({rb / fb:.1f}x){mem}, difference {diff:.1e}")
     if not args.skip_launch:  # tiny and quick: before the real-size ZeRO steps

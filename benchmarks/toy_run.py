@@ -1,7 +1,7 @@
 """The toy recipe end to end, timed: data generation, stages 0-2 and held-out accuracy.
 
     python benchmarks/toy_run.py                      # the `toy` preset as shipped
-    python benchmarks/toy_run.py --set "model.connector=mlp2x_gelu"
+    python benchmarks/toy_run.py --set "model.mm_projector_type=mlp2x_gelu"
 
 Runs `vmllm_train --preset toy` (as `python -m vmllm.recipes`, so the vmllm on `sys.path` is the one measured),
 then prints wall time, time and samples/s of every stage, held-out accuracy (overall and per category),
@@ -40,9 +40,9 @@ def main(argv=None):
                   f"loss {st['first_loss']:.3f} -> {st['final_loss']:.3f}")
     h = s["heldout"]
     print(f"  held-out evaluation  {h.get('seconds', float('nan')):6.1f} s")
-    print(f"held-out accuracy {h['accuracy']:.3f} on {h['n']} questions: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in h["per_category"].items()))
-    from vmllm.infer import heldout_accuracy
+    print(f"held-out accuracy {h['accuracy']:.3f} on {h['scored']} questions: "
+          + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in h["per_category"].items()))
+    from vmllm.evaluate import evaluate
     from vmllm.model import load_pretrained
     from vmllm.synth import make_heldout
     manifest = json.loads((out / "data" / "manifest.json").read_text())
@@ -51,9 +51,9 @@ def main(argv=None):
     if manifest.get("heldout_seed", manifest["seed"]) != args.other_seed:
         other = make_heldout(data, out / "data" / f"heldout_seed{args.other_seed}.jsonl", n=manifest["n_heldout"], heldout_seed=args.other_seed)
         model, proc = load_pretrained(out / "stage2" / "final")
-        o = heldout_accuracy(model, proc, other, data["image_folder"], "vicuna_v1")
-        print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['n']} questions: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in o["per_category"].items())
+        o = evaluate(model, proc, other, data["image_folder"], "vicuna_v1", batch_size=32, progress=False)
+        print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['scored']} questions: "
+              + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in o["per_category"].items())
               + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import json, subprocess
 from pathlib import Path
 from transformers import LlamaForCausalLM
 from vmllm.core import build_tokenizer, tiny_llm_config
-from vmllm.encoder import _model_from_config, build_image_processor, tiny_encoder_config
+from vmllm.encoder import model_from_config, build_image_processor, tiny_encoder_config
 from vmllm.synth import make_toy_data
 from vmllm.zoo import save_tower_dir
 
@@ -13,7 +13,7 @@ def test_siglip_preset_trains_both_stages_from_local_directories(tmp_path):
     tok = build_tokenizer(image_token=False)  # like Vicuna's: no <image>, vmllm adds it
     LlamaForCausalLM(tiny_llm_config(tok)).save_pretrained(tmp_path / "llm"); tok.save_pretrained(tmp_path / "llm")
     enc_tok = build_tokenizer(add_eos=True)
-    enc = _model_from_config(tiny_encoder_config("siglip", vocab_size=len(enc_tok)))
+    enc = model_from_config(tiny_encoder_config("siglip", vocab_size=len(enc_tok)))
     save_tower_dir(enc, enc_tok, build_image_processor(enc.config), tmp_path / "tower")
     small = ("stage1.global_batch=4 stage1.batch_size=4 stage1.max_steps=2 stage1.num_workers=0 stage1.save_every=0 "
              "stage2.global_batch=4 stage2.batch_size=2 stage2.max_steps=2 stage2.num_workers=0 stage2.save_every=0")

@@ -24,6 +24,11 @@ def test_toy_recipe_runs_every_stage_and_reports_accuracy(tmp_path):
 def test_bad_flags_give_clear_errors(tmp_path):
     r = run(["vmllm_train", "--preset", "siglip-so400m-384", "--output_dir", str(tmp_path / "x")])
     assert r.returncode != 0 and "no LLM given: pass --llm PATH" in r.stderr
-    r = run(["vmllm_train", "--preset", "toy", "--output_dir", str(tmp_path / "y"), "--set", "stage1.lrate=1"])
-    assert r.returncode != 0 and "unknown option(s) ['lrate']" in r.stderr
-    assert not (tmp_path / "y").exists()  # refused before any folder or data is made
+    for bad, says in [("stage1.lrate=1", "unknown option stage1.lrate"),
+                      ("model.conector=mlp2x_gelu", "unknown option model.conector; model takes: mm_projector_type"),
+                      ("model.connector=mlp2x_gelu", "unknown option model.connector (did you mean mm_projector_type?)"),
+                      ("model.mm_projector_type=mlp3", "choose one of vmllm, mlp2x_gelu"),
+                      ("stage2.lr=fast", "stage2.lr='fast': expected float"), ("stages=[1,3]", "choose from 0, 1, 2")]:
+        r = run(["vmllm_train", "--preset", "toy", "--output_dir", str(tmp_path / "y"), "--set", bad])
+        assert r.returncode != 0 and says in r.stderr, (bad, r.stderr[-1500:])
+        assert not (tmp_path / "y").exists()  # refused before any folder or data is made

@@ -14,7 +14,7 @@ __all__ = ['VARIANTS', 'run_ablation', 'summarise', 'markdown_table', 'plot_summ
 # %% ../nbs/15_ablation.ipynb #c005
 VARIANTS = {
     "vmllm": {},
-    "llava": {"model": {"connector": "mlp2x_gelu"}},
+    "llava": {"model": {"mm_projector_type": "mlp2x_gelu"}},
     "no_fusion": {"model": {"enhance_streams": ["select"]}},
     "no_text_gate": {"model": {"enhance_gates": ["image"]}},
     "no_image_gate": {"model": {"enhance_gates": ["text"]}},
@@ -38,7 +38,7 @@ def run_ablation(out_dir, seeds=(0, 1, 2), overrides: str = "", variants=tuple(V
             t0 = time.perf_counter()
             s = run(vcfg, resume=True, progress=progress)
             results["runs"].append(dict(variant=name, seed=seed, accuracy=s["heldout"]["accuracy"],
-                                        per_category=s["heldout"]["per_category"], seconds=time.perf_counter() - t0))
+                                        per_category={c: v["accuracy"] for c, v in s["heldout"]["per_category"].items()}, seconds=time.perf_counter() - t0))
             (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
 

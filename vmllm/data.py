@@ -8,7 +8,6 @@ import codecs, json, logging, os, random
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, progress as progress_bar

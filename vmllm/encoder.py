@@ -15,8 +15,8 @@ from .core import require_files
 
 # %% auto #0
 __all__ = ['ENCODER_PRESETS', 'FAMILY_RULES', 'FamilyRule', 'text_input_rule', 'family_of', 'encoder_config',
-           'tiny_encoder_config', 'load_encoder_model', 'EncoderOutput', 'VisionTextEncoder', 'build_image_processor',
-           'pad_to_square', 'load_image_processor']
+           'tiny_encoder_config', 'model_from_config', 'load_encoder_model', 'split_mean', 'split_cls', 'EncoderOutput',
+           'VisionTextEncoder', 'build_image_processor', 'pad_to_square', 'load_image_processor']
 
 # %% ../nbs/01_encoder.ipynb #c006
 def _tower(hidden, layers, heads, inter, **kw): return dict(hidden_size=hidden, num_hidden_layers=layers,
@@ -104,7 +104,7 @@ def tiny_encoder_config(family: str = "clip", # 'clip' or 'siglip'
     return SiglipConfig(vision_config=vision, text_config=text)
 
 # %% ../nbs/01_encoder.ipynb #c013
-def _model_from_config(config):
+def model_from_config(config):
     "A `CLIPModel`/`SiglipModel` with random weights from `config`."
     return FAMILY_RULES[family_of(config)].model_cls(config)
 
@@ -121,7 +121,7 @@ def load_encoder_model(name_or_path, # preset name, hub id, or local directory o
     if os.sep in str(name_or_path) and not any(str(name_or_path) == p["hub_id"] for p in ENCODER_PRESETS.values()):
         raise FileNotFoundError(f"encoder directory not found: {path}")
     key, p = _preset(str(name_or_path))
-    if random_init: return _model_from_config(encoder_config(key)).to(dtype or torch.float32)
+    if random_init: return model_from_config(encoder_config(key)).to(dtype or torch.float32)
     try:
         return FAMILY_RULES[p["family"]].model_cls.from_pretrained(p["hub_id"], dtype=dtype, local_files_only=True)
     except OSError as e:
@@ -130,6 +130,14 @@ def load_encoder_model(name_or_path, # preset name, hub id, or local directory o
             f"--local-dir DIR`) and pass DIR, or pass random_init=True for random weights") from e
 
 # %% ../nbs/01_encoder.ipynb #c017
+def split_mean(x: Tensor) -> tuple[Tensor, Tensor]:
+    "All tokens, and their mean as the image global vector (SigLIP's rule)."
+    return x, x.mean(1, keepdim=True)
+
+def split_cls(x: Tensor) -> tuple[Tensor, Tensor]:
+    "Patch tokens, and the CLS token (token 0) as the image global vector (CLIP's rule)."
+    return x[:, 1:], x[:, :1]
+
 @dataclass
 class EncoderOutput:
     "What the encoders hand to a connector."
@@ -204,11 +212,11 @@ class VisionTextEncoder(nn.Module):
 
     def split_global(self, x: Tensor) -> tuple[Tensor, Tensor]:
         "A stream's patch tokens `[n, N, e]` and its image global vector `[n, 1, e]`."
-        return (x[:, 1:], x[:, :1]) if self.rule.has_cls else (x, x.mean(1, keepdim=True))
+        return (split_cls if self.rule.has_cls else split_mean)(x)
 
     def patch_tokens(self, x: Tensor) -> Tensor:
         "Drop the CLS token, if the family has one."
-        return x[:, 1:] if self.rule.has_cls else x
+        return self.split_global(x)[0]
 
     def forward(self, pixel_values: Tensor, prompt_ids: Tensor | None = None, prompt_mask: Tensor | None = None,
                 image_to_prompt: Tensor | None = None, # [n_images] index of each image's prompt

@@ -8,10 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
+from .encoder import split_mean
 
 # %% auto #0
 __all__ = ['IMPLS', 'STREAMS', 'GATES', 'layer_attention_reference', 'layer_attention_fast', 'gate_reference', 'gate_fast',
-           'split_mean', 'split_cls', 'VmllmEnhancer', 'max_rel_err', 'compare_impls']
+           'VmllmEnhancer']
 
 # %% ../nbs/02_enhance.ipynb #c006
 def layer_attention_reference(stack: Tensor, # [n, T, K, d]: K hidden states of every token
@@ -64,14 +65,6 @@ def gate_fast(x: Tensor, g: Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj
     return s * v_proj(x), s.squeeze(-1)
 
 # %% ../nbs/02_enhance.ipynb #c012
-def split_mean(x: Tensor) -> tuple[Tensor, Tensor]:
-    "All tokens, and their mean as the global vector (SigLIP's rule)."
-    return x, x.mean(1, keepdim=True)
-
-def split_cls(x: Tensor) -> tuple[Tensor, Tensor]:
-    "Patch tokens, and the CLS token (token 0) as the global vector (CLIP's rule)."
-    return x[:, 1:], x[:, :1]
-
 IMPLS = {"fast": (layer_attention_fast, gate_fast), "reference": (layer_attention_reference, gate_reference)}
 STREAMS, GATES = ("low", "high", "select"), ("text", "image")
 
@@ -135,31 +128,3 @@ class VmllmEnhancer(nn.Module):
         out = self.proj(torch.cat(fused, dim=-1))                            # [n, N, D]
         return (out, details) if return_details else out
 
-# For ablations the module can leave parts out: `streams` drops the low/high layer-attention
-# streams (keeping LLaVA's selected layer alone), `gates` drops the text or the image gate (a
-# stream is then the mean of itself and the remaining gate). Left-out parts have no parameters.
-#
-# ## Worked example: shapes
-#
-# A CLIP-like input: 7 hidden states (6 layers) of 1 CLS + 16 patch tokens at width 48, a
-# 40-wide projection space, an LLM of width 64. Layer attention sees 3 low and 4 high layers;
-# the output has one token per patch (the CLS token became the image global vector).
-
-# %% ../nbs/02_enhance.ipynb #c016
-def max_rel_err(a: dict, b: dict) -> float:
-    "Largest relative difference between matching tensors of `a` and `b` (norms floored at 1e-3 of the largest in `b`)."
-    floor = 1e-3 * max(v.norm().item() for v in b.values())
-    return max(((a[k] - b[k]).norm() / max(b[k].norm().item(), floor)).item() for k in b)
-
-def compare_impls(enh: VmllmEnhancer, *args, **kwargs) -> tuple[float, float]:
-    "(output, gradient) max relative errors of the fast path against the reference, on the same weights."
-    results = []
-    for impl in ("reference", "fast"):
-        enh.impl = impl
-        enh.zero_grad()
-        out = enh(*args, **kwargs)
-        out.pow(2).mean().backward()
-        results.append(({"out": out.detach()}, {n: p.grad.clone() for n, p in enh.named_parameters()}))
-    enh.impl = "fast"
-    (ref_out, ref_grad), (fast_out, fast_grad) = results
-    return max_rel_err(fast_out, ref_out), max_rel_err(fast_grad, ref_grad)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from .data import images_to_front, render_conversation
-from .infer import _open_image, build_prompt, generate_replies
+from .infer import open_image, build_prompt, generate_replies
 from .processor import chat_turns, text_tower_prompt
 
 try:  # lmms-eval is optional: the class below only works when it is installed
@@ -53,7 +53,7 @@ def chat_request(messages: list, # lmms-eval `doc_to_messages` output: role/cont
             if kind == "image":
                 im = next((_part(c, k) for k in ("url", "image", "path") if _part(c, k) is not None), None)
                 if im is None: raise ValueError("an image part of the request has no url/image/path")
-                images.append(_open_image(im, processor)); parts.append({"type": "image"})
+                images.append(open_image(im, processor)); parts.append({"type": "image"})
             elif kind == "text": parts.append({"type": "text", "text": _part(c, "text", "")})
             else: raise ValueError(f"vmllm reads image and text parts, not {kind!r}")
         hf.append({"role": role, "content": parts})
@@ -150,7 +150,7 @@ class VmllmLMMSChat(VmllmLMMS):
 
 def _images(visuals, processor) -> list:
     "The PIL images among a task's visuals, RGB and padded to square as in training (as `vmllm.infer.answer` does)."
-    return [_open_image(v, processor) for v in (visuals or []) if isinstance(v, Image.Image)]
+    return [open_image(v, processor) for v in (visuals or []) if isinstance(v, Image.Image)]
 
 # %% ../nbs/16_lmms.ipynb #c008
 TOY_TASK_YAML = """task: {task}

@@ -7,20 +7,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 from torch import nn, Tensor
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
                           GenerationMixin, PretrainedConfig, PreTrainedModel)
 from transformers.models.auto import CONFIG_MAPPING
 from .core import (IGNORE_INDEX, IMAGE_TOKEN, build_tokenizer, load_llm_tokenizer, ready_llm_tokenizer, require_files,
                         tiny_llm_config)
-from .encoder import (VisionTextEncoder, _model_from_config, build_image_processor, family_of, load_encoder_model,
+from .encoder import (VisionTextEncoder, model_from_config, build_image_processor, family_of, load_encoder_model,
                            load_image_processor, tiny_encoder_config)
 from .connector import CONNECTORS, build_connector
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'VmllmConfig', 'expand_image_tokens', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for',
-           'from_local_dirs', 'diff_state_dicts', 'load_pretrained']
+__all__ = ['CHECKPOINT_FILES', 'VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for', 'from_local_dirs',
+           'expand_image_tokens', 'diff_state_dicts', 'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -71,30 +72,6 @@ class VmllmConfig(PretrainedConfig):
             raise ValueError(f"image_token_index {self.image_token_index} is not in the LLM vocabulary (size {vocab})")
 
 # %% ../nbs/05_model.ipynb #c008
-def expand_image_tokens(input_ids: Tensor, # [B, L] with one image token per image
-                        attention_mask: Tensor | None, labels: Tensor | None,
-                        image_token_id: int, n: int, # slots per image
-                        pad_token_id: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
-    "Repeat each image token `n` times, re-padding every row on the side it was padded."
-    if attention_mask is None: attention_mask = torch.ones_like(input_ids)
-    left = bool((attention_mask[:, 0] == 0).any())
-    rows = []
-    for i in range(input_ids.shape[0]):
-        keep = attention_mask[i].bool()
-        ids = input_ids[i][keep]
-        reps = torch.where(ids == image_token_id, n, 1)                   # [l]
-        lab = labels[i][keep].repeat_interleave(reps) if labels is not None else None
-        rows.append((ids.repeat_interleave(reps), lab))
-    width = max(len(r[0]) for r in rows)
-    new_ids = input_ids.new_full((len(rows), width), pad_token_id)
-    new_mask = torch.zeros_like(new_ids)
-    new_labels = None if labels is None else torch.full_like(new_ids, IGNORE_INDEX)
-    for i, (ids, lab) in enumerate(rows):
-        sl = slice(width - len(ids), width) if left else slice(0, len(ids))
-        new_ids[i, sl], new_mask[i, sl] = ids, 1
-        if lab is not None: new_labels[i, sl] = lab
-    return new_ids, new_mask, new_labels
-
 class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
     "A vMLLM model: frozen vision/text encoder, connector, and a causal LM."
     config_class = VmllmConfig
@@ -107,7 +84,7 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: VmllmConfig):
         super().__init__(config)
         config.validate()
-        self.vision_tower = VisionTextEncoder(_model_from_config(config.encoder_config), config.reference_quirks)
+        self.vision_tower = VisionTextEncoder(model_from_config(config.encoder_config), config.reference_quirks)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.mm_projector = build_connector(config.mm_projector_type, self.vision_tower, config.text_config.hidden_size,
                                             config.enhance_impl, tuple(config.enhance_streams), tuple(config.enhance_gates))
@@ -122,36 +99,6 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
 
     released_loader = None # set by vmllm.zoo (which `import vmllm` imports): reads released (LLaVA-layout) directories
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, vision_tower=None, **kwargs):
-        """`PreTrainedModel.from_pretrained` (`dtype`, `device_map`, `quantization_config` as for any model; a quantized
-        model keeps its towers, connector and LM head unquantized unless the config names its own skip list); a released
-        (LLaVA-layout) directory is recognised and converted on the fly by `vmllm.zoo.load_reference`."""
-        q = kwargs.get("quantization_config")
-        if q is not None:
-            if not torch.cuda.is_available():
-                raise ValueError(f"quantization_config ({type(q).__name__}) needs a CUDA GPU and none is visible: "
-                                 "load without it (dtype=torch.bfloat16 halves the memory) or on a GPU machine")
-            if getattr(q, "llm_int8_skip_modules", "absent") is None: q.llm_int8_skip_modules = ["vision_tower", "mm_projector", "lm_head"]
-        p = Path(str(pretrained_model_name_or_path))
-        if (p / "config.json").is_file():
-            cfg = json.loads((p / "config.json").read_text())
-            if cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava")):
-                if q is not None: raise ValueError(f"{p} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
-                                                   "then load the vmllm directory with quantization_config")
-                if cls.released_loader is None: raise ImportError("released checkpoints are read by vmllm.zoo: import vmllm")
-                model = cls.released_loader(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
-                device_map = kwargs.get("device_map")
-                if isinstance(device_map, (str, torch.device)) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
-                    model = model.to(device_map)
-                elif device_map is not None:
-                    from accelerate import dispatch_model, infer_auto_device_map
-                    dm = device_map if isinstance(device_map, dict) else infer_auto_device_map(
-                        model, kwargs.get("max_memory"), no_split_module_classes=list(model._no_split_modules))
-                    model = dispatch_model(model, dm)
-                return model
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-
     def get_input_embeddings(self): return self.language_model.get_input_embeddings()
     def set_input_embeddings(self, value): self.language_model.set_input_embeddings(value)
     def get_output_embeddings(self): return self.language_model.get_output_embeddings()
@@ -159,94 +106,6 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
 
     @property
     def tokens_per_image(self) -> int: return self.vision_tower.tokens_per_image
-
-    def image_features(self, pixel_values: Tensor, # [n_images, 3, H, W]
-                       prompt_input_ids: Tensor | None = None, # [B, Lp] prompts for the text tower
-                       prompt_attention_mask: Tensor | None = None,
-                       image_to_prompt: Tensor | None = None, # [n_images] sample index of each image
-                       return_details: bool = False):
-        "Connector output for each image, `[n_images, tokens_per_image, D]` (and the connector's details)."
-        needs_prompt = self.mm_projector.needs_prompt
-        enc = self.vision_tower(pixel_values, prompt_input_ids if needs_prompt else None, prompt_attention_mask,
-                                image_to_prompt)
-        return self.mm_projector(enc, self.vision_tower, return_details=return_details)
-
-    def _image_to_prompt(self, input_ids: Tensor, n_images: int) -> Tensor:
-        "Index of the sample each image belongs to, checking slots against images."
-        counts = (input_ids == self.config.image_token_index).sum(1)         # [B]
-        n = self.tokens_per_image
-        if (counts % n).any():
-            bad = int(torch.nonzero(counts % n)[0])
-            raise ValueError(f"sample {bad} has {int(counts[bad])} image tokens, not a multiple of the {n} tokens per image")
-        per_sample = counts // n
-        if int(per_sample.sum()) != n_images:
-            raise ValueError(f"{n_images} images but {int(per_sample.sum())} image placeholders in input_ids")
-        return torch.repeat_interleave(torch.arange(len(counts), device=input_ids.device), per_sample)
-
-    def _maybe_expand(self, input_ids, attention_mask, labels, n_images: int):
-        "Expand LLaVA-style single image tokens into `tokens_per_image` slots."
-        n_tokens = int((input_ids == self.config.image_token_index).sum())
-        if self.tokens_per_image > 1 and n_tokens == n_images and n_images > 0:
-            return expand_image_tokens(input_ids, attention_mask, labels, self.config.image_token_index,
-                                       self.tokens_per_image, self.config.pad_token_id or 0), True
-        return (input_ids, attention_mask, labels), False
-
-    def embed(self, input_ids: Tensor, pixel_values: Tensor | None = None, prompt_input_ids=None,
-              prompt_attention_mask=None) -> Tensor:
-        "Input embeddings with image features in the image slots."
-        embeds = self.get_input_embeddings()(input_ids)                       # [B, L, D]
-        n_images = 0 if pixel_values is None else pixel_values.shape[0]
-        image_to_prompt = self._image_to_prompt(input_ids, n_images)
-        if n_images == 0: return embeds
-        feats = self.image_features(pixel_values, prompt_input_ids, prompt_attention_mask, image_to_prompt)
-        slots = (input_ids == self.config.image_token_index)[..., None]    # [B, L, 1]
-        return embeds.masked_scatter(slots, feats.to(embeds.dtype))
-
-    def forward(self, input_ids: Tensor | None = None, pixel_values: Tensor | None = None,
-                attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                prompt_input_ids: Tensor | None = None, prompt_attention_mask: Tensor | None = None,
-                labels: Tensor | None = None, inputs_embeds: Tensor | None = None, logits_to_keep: int | Tensor = 0,
-                **kwargs):
-        if inputs_embeds is None:
-            n_images = 0 if pixel_values is None else pixel_values.shape[0]
-            (input_ids, attention_mask, labels), expanded = self._maybe_expand(input_ids, attention_mask, labels, n_images)
-            if expanded: position_ids = None
-            inputs_embeds = self.embed(input_ids, pixel_values, prompt_input_ids, prompt_attention_mask)
-            if labels is not None: labels = labels.masked_fill(input_ids == self.config.image_token_index, IGNORE_INDEX)
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                   labels=labels, logits_to_keep=logits_to_keep, **kwargs)
-
-    def prepare_inputs_for_generation(self, *args, pixel_values=None, prompt_input_ids=None, prompt_attention_mask=None,
-                                      **kwargs):
-        "Images and prompts go in with the first step only: their features then live in the KV cache."
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        cache = inputs.get("cache", inputs.get("past_key_values"))
-        if cache is None or cache.get_seq_length() == 0:
-            inputs.update(pixel_values=pixel_values, prompt_input_ids=prompt_input_ids,
-                          prompt_attention_mask=prompt_attention_mask)
-        return inputs
-
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor | None = None, pixel_values: Tensor | None = None,
-                 attention_mask: Tensor | None = None, **kwargs):
-        """`GenerationMixin.generate`, after expanding LLaVA-style single image tokens; the output starts with the `input_ids`
-        given either way, so `out[:, input_ids.shape[1]:]` are the new tokens."""
-        expanded = False
-        if input_ids is not None and pixel_values is not None:
-            given = input_ids
-            (input_ids, attention_mask, _), expanded = self._maybe_expand(input_ids, attention_mask, None, pixel_values.shape[0])
-        out = super().generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
-        if not expanded: return out
-        seqs = out if isinstance(out, Tensor) else out.sequences
-        seqs = torch.cat([given.to(seqs.device).repeat_interleave(seqs.shape[0] // given.shape[0], 0), seqs[:, input_ids.shape[1]:]], 1)
-        if isinstance(out, Tensor): return seqs
-        out.sequences = seqs
-        return out
-
-AutoConfig.register("vmllm", VmllmConfig, exist_ok=True)
-AutoModelForCausalLM.register(VmllmConfig, VmllmForCausalLM, exist_ok=True)
-AutoModelForImageTextToText.register(VmllmConfig, VmllmForCausalLM, exist_ok=True)
-AutoProcessor.register(VmllmConfig, VmllmProcessor, exist_ok=True)
 
 # %% ../nbs/05_model.ipynb #c010
 def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
@@ -279,8 +138,8 @@ def processor_for(encoder_config, tokenizer, encoder_tokenizer,
                           (vc.image_size // vc.patch_size) ** 2, family_of(encoder_config),
                           encoder_config.text_config.max_position_embeddings)
 
-@classmethod
-def _from_parts(cls, encoder_model, # a loaded `CLIPModel`/`SiglipModel`
+@patch(cls_method=True)
+def from_parts(cls: VmllmForCausalLM, encoder_model, # a loaded `CLIPModel`/`SiglipModel`
                 language_model, # a loaded causal LM
                 image_token_index: int, # the image token's id in the LLM's (resized) vocabulary
                 **config_kwargs) -> VmllmForCausalLM:
@@ -294,7 +153,6 @@ def _from_parts(cls, encoder_model, # a loaded `CLIPModel`/`SiglipModel`
                                          cfg.enhance_impl, tuple(cfg.enhance_streams),
                                          tuple(cfg.enhance_gates)).to(language_model.device)
     return model
-VmllmForCausalLM.from_parts = _from_parts
 
 def from_local_dirs(vision_tower, # local CLIP/SigLIP directory (or a preset name found in the local cache)
                     llm, # local causal LM directory
@@ -311,6 +169,162 @@ def from_local_dirs(vision_tower, # local CLIP/SigLIP directory (or a preset nam
     ip = load_image_processor(src, family_of(encoder.config)) if (src / "preprocessor_config.json").exists() else None
     model = VmllmForCausalLM.from_parts(encoder, lm, tok.convert_tokens_to_ids(IMAGE_TOKEN), **config_kwargs)
     return model, processor_for(encoder.config, tok, enc_tok, ip)
+
+# %% ../nbs/05_model.ipynb #c011f
+def expand_image_tokens(input_ids: Tensor, # [B, L] with one image token per image
+                        attention_mask: Tensor | None, labels: Tensor | None,
+                        image_token_id: int, n: int, # slots per image
+                        pad_token_id: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
+    "Repeat each image token `n` times, re-padding every row on the side it was padded."
+    if attention_mask is None: attention_mask = torch.ones_like(input_ids)
+    left = bool((attention_mask[:, 0] == 0).any())
+    rows = []
+    for i in range(input_ids.shape[0]):
+        keep = attention_mask[i].bool()
+        ids = input_ids[i][keep]
+        reps = torch.where(ids == image_token_id, n, 1)                   # [l]
+        lab = labels[i][keep].repeat_interleave(reps) if labels is not None else None
+        rows.append((ids.repeat_interleave(reps), lab))
+    width = max(len(r[0]) for r in rows)
+    new_ids = input_ids.new_full((len(rows), width), pad_token_id)
+    new_mask = torch.zeros_like(new_ids)
+    new_labels = None if labels is None else torch.full_like(new_ids, IGNORE_INDEX)
+    for i, (ids, lab) in enumerate(rows):
+        sl = slice(width - len(ids), width) if left else slice(0, len(ids))
+        new_ids[i, sl], new_mask[i, sl] = ids, 1
+        if lab is not None: new_labels[i, sl] = lab
+    return new_ids, new_mask, new_labels
+
+@patch
+def _maybe_expand(self: VmllmForCausalLM, input_ids, attention_mask, labels, n_images: int):
+    "Expand LLaVA-style single image tokens into `tokens_per_image` slots."
+    n_tokens = int((input_ids == self.config.image_token_index).sum())
+    if self.tokens_per_image > 1 and n_tokens == n_images and n_images > 0:
+        return expand_image_tokens(input_ids, attention_mask, labels, self.config.image_token_index,
+                                   self.tokens_per_image, self.config.pad_token_id or 0), True
+    return (input_ids, attention_mask, labels), False
+
+# %% ../nbs/05_model.ipynb #c011i
+@patch
+def image_features(self: VmllmForCausalLM, pixel_values: Tensor, # [n_images, 3, H, W]
+                   prompt_input_ids: Tensor | None = None, # [B, Lp] prompts for the text tower
+                   prompt_attention_mask: Tensor | None = None,
+                   image_to_prompt: Tensor | None = None, # [n_images] sample index of each image
+                   return_details: bool = False):
+    "Connector output for each image, `[n_images, tokens_per_image, D]` (and the connector's details)."
+    needs_prompt = self.mm_projector.needs_prompt
+    enc = self.vision_tower(pixel_values, prompt_input_ids if needs_prompt else None, prompt_attention_mask,
+                            image_to_prompt)
+    return self.mm_projector(enc, self.vision_tower, return_details=return_details)
+
+@patch
+def _image_to_prompt(self: VmllmForCausalLM, input_ids: Tensor, n_images: int) -> Tensor:
+    "Index of the sample each image belongs to, checking slots against images."
+    counts = (input_ids == self.config.image_token_index).sum(1)         # [B]
+    n = self.tokens_per_image
+    if (counts % n).any():
+        bad = int(torch.nonzero(counts % n)[0])
+        raise ValueError(f"sample {bad} has {int(counts[bad])} image tokens, not a multiple of the {n} tokens per image")
+    per_sample = counts // n
+    if int(per_sample.sum()) != n_images:
+        raise ValueError(f"{n_images} images but {int(per_sample.sum())} image placeholders in input_ids")
+    return torch.repeat_interleave(torch.arange(len(counts), device=input_ids.device), per_sample)
+
+@patch
+def embed(self: VmllmForCausalLM, input_ids: Tensor, pixel_values: Tensor | None = None, prompt_input_ids=None,
+          prompt_attention_mask=None) -> Tensor:
+    "Input embeddings with image features in the image slots."
+    embeds = self.get_input_embeddings()(input_ids)                       # [B, L, D]
+    n_images = 0 if pixel_values is None else pixel_values.shape[0]
+    image_to_prompt = self._image_to_prompt(input_ids, n_images)
+    if n_images == 0: return embeds
+    feats = self.image_features(pixel_values, prompt_input_ids, prompt_attention_mask, image_to_prompt)
+    slots = (input_ids == self.config.image_token_index)[..., None]    # [B, L, 1]
+    return embeds.masked_scatter(slots, feats.to(embeds.dtype))
+
+# %% ../nbs/05_model.ipynb #c011l
+@patch
+def forward(self: VmllmForCausalLM, input_ids: Tensor | None = None, pixel_values: Tensor | None = None,
+            attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+            prompt_input_ids: Tensor | None = None, prompt_attention_mask: Tensor | None = None,
+            labels: Tensor | None = None, inputs_embeds: Tensor | None = None, logits_to_keep: int | Tensor = 0,
+            **kwargs):
+    "The LLM's output on text whose image slots hold the images' features (image slots never carry a label)."
+    if inputs_embeds is None:
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        (input_ids, attention_mask, labels), expanded = self._maybe_expand(input_ids, attention_mask, labels, n_images)
+        if expanded: position_ids = None
+        inputs_embeds = self.embed(input_ids, pixel_values, prompt_input_ids, prompt_attention_mask)
+        if labels is not None: labels = labels.masked_fill(input_ids == self.config.image_token_index, IGNORE_INDEX)
+    return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                               labels=labels, logits_to_keep=logits_to_keep, **kwargs)
+
+# %% ../nbs/05_model.ipynb #c011n
+@patch
+def prepare_inputs_for_generation(self: VmllmForCausalLM, *args, pixel_values=None, prompt_input_ids=None, prompt_attention_mask=None,
+                                  **kwargs):
+    "Images and prompts go in with the first step only: their features then live in the KV cache."
+    inputs = super(VmllmForCausalLM, self).prepare_inputs_for_generation(*args, **kwargs)
+    cache = inputs.get("cache", inputs.get("past_key_values"))
+    if cache is None or cache.get_seq_length() == 0:
+        inputs.update(pixel_values=pixel_values, prompt_input_ids=prompt_input_ids,
+                      prompt_attention_mask=prompt_attention_mask)
+    return inputs
+
+@patch
+@torch.no_grad()
+def generate(self: VmllmForCausalLM, input_ids: Tensor | None = None, pixel_values: Tensor | None = None,
+             attention_mask: Tensor | None = None, **kwargs):
+    """`GenerationMixin.generate`, after expanding LLaVA-style single image tokens; the output starts with the `input_ids`
+    given either way, so `out[:, input_ids.shape[1]:]` are the new tokens."""
+    expanded = False
+    if input_ids is not None and pixel_values is not None:
+        given = input_ids
+        (input_ids, attention_mask, _), expanded = self._maybe_expand(input_ids, attention_mask, None, pixel_values.shape[0])
+    out = super(VmllmForCausalLM, self).generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
+    if not expanded: return out
+    seqs = out if isinstance(out, Tensor) else out.sequences
+    seqs = torch.cat([given.to(seqs.device).repeat_interleave(seqs.shape[0] // given.shape[0], 0), seqs[:, input_ids.shape[1]:]], 1)
+    if isinstance(out, Tensor): return seqs
+    out.sequences = seqs
+    return out
+
+# %% ../nbs/05_model.ipynb #c011o
+@patch(cls_method=True)
+def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args, vision_tower=None, **kwargs):
+    """`PreTrainedModel.from_pretrained` (`dtype`, `device_map`, `quantization_config` as for any model; a quantized
+    model keeps its towers, connector and LM head unquantized unless the config names its own skip list); a released
+    (LLaVA-layout) directory is recognised and converted on the fly by `vmllm.zoo.load_reference`."""
+    q = kwargs.get("quantization_config")
+    if q is not None:
+        if not torch.cuda.is_available():
+            raise ValueError(f"quantization_config ({type(q).__name__}) needs a CUDA GPU and none is visible: "
+                             "load without it (dtype=torch.bfloat16 halves the memory) or on a GPU machine")
+        if getattr(q, "llm_int8_skip_modules", "absent") is None: q.llm_int8_skip_modules = ["vision_tower", "mm_projector", "lm_head"]
+    p = Path(str(pretrained_model_name_or_path))
+    if (p / "config.json").is_file():
+        cfg = json.loads((p / "config.json").read_text())
+        if cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava")):
+            if q is not None: raise ValueError(f"{p} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
+                                               "then load the vmllm directory with quantization_config")
+            if cls.released_loader is None: raise ImportError("released checkpoints are read by vmllm.zoo: import vmllm")
+            model = cls.released_loader(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
+            device_map = kwargs.get("device_map")
+            if isinstance(device_map, (str, torch.device)) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+                model = model.to(device_map)
+            elif device_map is not None:
+                from accelerate import dispatch_model, infer_auto_device_map
+                dm = device_map if isinstance(device_map, dict) else infer_auto_device_map(
+                    model, kwargs.get("max_memory"), no_split_module_classes=list(model._no_split_modules))
+                model = dispatch_model(model, dm)
+            return model
+    return super(VmllmForCausalLM, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+# %% ../nbs/05_model.ipynb #c011p
+AutoConfig.register("vmllm", VmllmConfig, exist_ok=True)
+AutoModelForCausalLM.register(VmllmConfig, VmllmForCausalLM, exist_ok=True)
+AutoModelForImageTextToText.register(VmllmConfig, VmllmForCausalLM, exist_ok=True)
+AutoProcessor.register(VmllmConfig, VmllmProcessor, exist_ok=True)
 
 # %% ../nbs/05_model.ipynb #c026
 def diff_state_dicts(a: dict, b: dict) -> list[str]:

@@ -534,7 +534,6 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
                       processor, data, image_folder, steps: int = 200, batch_size: int = 64, lr: float = 1e-3,
                       seed: int = 0, progress: bool = True) -> list[float]:
     "Contrastive image-caption training of both towers; returns the loss per step."
-    from PIL import Image
     ds = LlavaDataset(data, image_folder, processor, "plain")
     pairs = caption_pairs(ds)
     rng = random.Random(seed); torch.manual_seed(seed)
