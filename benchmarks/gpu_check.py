@@ -199,7 +199,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.tiny: args.batch, args.text, args.steps = min(args.batch, 2), min(args.text, 16), min(args.steps, 2)
-    print("command: " + " ".join(shlex.quote(c) for c in [sys.executable, "benchmarks/gpu_check.py"] + (argv if argv is not None else sys.argv[1:])))
+    print("command: " + " ".join(shlex.quote(c) for c in ["python", "benchmarks/gpu_check.py"] + (argv if argv is not None else sys.argv[1:])))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"machine: {gpu}; torch {torch.__version__}; batch {args.batch}, {args.text} text tokens + image slots")
     for connector in ("vmllm", "mlp2x_gelu"):

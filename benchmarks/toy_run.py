@@ -17,6 +17,8 @@ def main(argv=None):
     p.add_argument("--output_dir", default=None, help="keep the run here (default: a temporary folder)")
     p.add_argument("--set", default="", help="overrides passed to vmllm_train --set")
     p.add_argument("--other_seed", type=int, default=1, help="held-out seed of the second held-out split")
+    p.add_argument("--pictures", default=None, help="save what the trained connector looks at (layer weights, gates) "
+                                                    "for two held-out questions in this folder, e.g. nbs/images")
     args = p.parse_args(argv)
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="vmllm-toy-"))
     cmd = [sys.executable, "-m", "vmllm.recipes", "--preset", "toy", "--output_dir", str(out)] + (["--set", args.set] if args.set else [])
@@ -55,6 +57,19 @@ def main(argv=None):
         print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['scored']} questions: "
               + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in o["per_category"].items())
               + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")
+    if args.pictures: save_pictures(out, Path(args.pictures))
+
+def save_pictures(out: Path, folder: Path):
+    "Layer-attention and gate pictures of the trained toy model for two held-out questions (`toy_*` files in `folder`)."
+    from vmllm.chat import explain_prediction
+    from vmllm.model import load_pretrained
+    model, proc = load_pretrained(out / "stage2" / "final")
+    rows = [json.loads(l) for l in (out / "data" / "heldout.jsonl").read_text().splitlines() if l.strip()]
+    picked = [next(r for r in rows if r["category"] == c) for c in ("position", "small")]
+    for i, r in enumerate(picked):
+        for path in explain_prediction(model, proc, out / "data" / "images" / r["image"], r["text"], folder, prefix=f"toy{i}_"):
+            print(f"saved {path} ({r['text']!r}, answer {r['answer']!r})")
+
 
 if __name__ == "__main__":
     main()

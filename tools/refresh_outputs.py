@@ -10,7 +10,7 @@ Cells flagged with a test flag of settings.ini (`#| slow`, `#| cuda`, `#| lmms`)
 removed, a text output is cut to its first and last lines, only PNG pictures are kept, and a notebook's outputs must
 fit the budget below.
 """
-import argparse, base64, configparser, json, os, re, subprocess, sys
+import argparse, base64, configparser, json, os, re, subprocess, sys, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,8 @@ MAX_TEXT_LINES = 40           # per output: longer ones keep their first and las
 MAX_PNG_BYTES = 120_000       # per picture
 MAX_NOTEBOOK_OUTPUT_BYTES = 400_000
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+TMP = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/tmp[\w-]+")  # a temporary folder of the run
+LOCAL = re.compile(r"(/tmp/tmp[\w-]+|\S*site-packages/)")                 # what --check refuses in a saved output
 
 
 def test_flags() -> set[str]:
@@ -35,8 +37,18 @@ def skipped(source: str, flags: set[str]) -> bool:
     return False
 
 
+def anonymise(text: str) -> str:
+    "No path of the machine that ran the notebook: temporary folders become <tmp>, the checkout <repo>."
+    return TMP.sub("<tmp>", text).replace(str(ROOT), "<repo>")
+
+
+def without_library_warnings(text: str) -> str:
+    "stderr minus the warnings libraries print (a `...Warning: ...` line and its `warnings.warn(` line)."
+    return "\n".join(l for l in text.split("\n") if "Warning: " not in l and l.strip() != "warnings.warn(")
+
+
 def shorten(text: str) -> str:
-    text = ANSI.sub("", text).replace("\r\n", "\n")
+    text = anonymise(ANSI.sub("", text)).replace("\r\n", "\n")
     text = "\n".join(line.split("\r")[-1] for line in text.split("\n"))  # a carriage-returned line keeps its last state
     lines = text.split("\n")
     if len(lines) <= MAX_TEXT_LINES: return text
@@ -50,6 +62,7 @@ def tidy(outputs: list) -> list:
     for o in outputs:
         if o.get("output_type") == "stream":
             o["text"] = shorten("".join(o["text"]) if isinstance(o["text"], list) else o["text"])
+            if o.get("name") == "stderr": o["text"] = without_library_warnings(o["text"])
             if o["text"].strip(): out.append(o)
         elif o.get("output_type") in ("execute_result", "display_data"):
             data = {k: v for k, v in o.get("data", {}).items() if k in ("text/plain", "image/png", "text/markdown")}
@@ -103,6 +116,7 @@ def check(paths) -> list[str]:
                 text = "".join(text) if isinstance(text, list) else text
                 if len(text.splitlines()) > MAX_TEXT_LINES + 1: problems.append(f"{p.name} cell {i}: {len(text.splitlines())} lines of text")
                 if "\r" in text or ANSI.search(text): problems.append(f"{p.name} cell {i}: progress-bar or colour codes in an output")
+                if LOCAL.search(text): problems.append(f"{p.name} cell {i}: a path of the machine that ran it ({LOCAL.search(text).group(0)})")
     return problems
 
 

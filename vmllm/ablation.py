@@ -9,7 +9,7 @@ from pathlib import Path
 from .recipes import merge, parse_sets, resolve, run
 
 # %% auto #0
-__all__ = ['VARIANTS', 'run_ablation', 'summarise', 'markdown_table', 'plot_summary']
+__all__ = ['VARIANTS', 'run_ablation', 'summarise', 'markdown_table', 'plot_summary', 'paired_differences', 'differences_table']
 
 # %% ../nbs/15_ablation.ipynb #c005
 VARIANTS = {
@@ -20,26 +20,45 @@ VARIANTS = {
     "no_image_gate": {"model": {"enhance_gates": ["text"]}},
 }
 
-def run_ablation(out_dir, seeds=(0, 1, 2), overrides: str = "", variants=tuple(VARIANTS), progress: bool = False) -> dict:
+def _shared_stage0(out: Path, seed: int, overrides: str, progress: bool = False) -> Path:
+    "Data and stage 0 of one seed, shared by every variant; returns their folder."
+    base = out / f"seed{seed}" / "shared"
+    run(resolve("toy", overrides=merge(parse_sets(overrides.split()), {"seed": seed, "output_dir": str(base), "stages": [0]})),
+        resume=True, progress=progress)
+    return base
+
+def _train_variant(out: Path, seed: int, name: str, overrides: str, progress: bool = False) -> dict:
+    "Stages 1 and 2 of one variant on its seed's shared data and stage 0; its held-out result."
+    base, vdir = out / f"seed{seed}" / "shared", out / f"seed{seed}" / name
+    vdir.mkdir(parents=True, exist_ok=True)
+    for part in ("data", "stage0", "stage0_llm"):
+        if not (vdir / part).exists(): os.symlink((base / part).resolve(), vdir / part)
+    vcfg = merge(resolve("toy", overrides=merge(parse_sets(overrides.split()), VARIANTS[name])), {"seed": seed, "output_dir": str(vdir)})
+    t0 = time.perf_counter()
+    s = run(vcfg, resume=True, progress=progress)
+    return dict(variant=name, seed=seed, accuracy=s["heldout"]["accuracy"], seconds=time.perf_counter() - t0,
+                per_category={c: v["accuracy"] for c, v in s["heldout"]["per_category"].items()})
+
+def _star(args): return args[0](*args[1:])
+
+def run_ablation(out_dir, seeds=(0, 1, 2), overrides: str = "", variants=tuple(VARIANTS), progress: bool = False,
+                 jobs: int = 1) -> dict: # processes side by side (each trains with the preset's threads)
     "Train every variant for every seed on shared data and stage 0; write and return the results."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     results = {"overrides": overrides, "seeds": list(seeds), "runs": []}
-    for seed in seeds:
-        base = out / f"seed{seed}" / "shared"
-        cfg = resolve("toy", overrides=merge(parse_sets(overrides.split()), {"seed": seed, "output_dir": str(base),
-                                                                           "stages": [0]}))
-        run(cfg, resume=True, progress=progress)  # data + stage 0, once per seed
-        for name in variants:
-            vdir = out / f"seed{seed}" / name; vdir.mkdir(parents=True, exist_ok=True)
-            for part in ("data", "stage0", "stage0_llm"):
-                if not (vdir / part).exists(): os.symlink((base / part).resolve(), vdir / part)
-            vcfg = merge(resolve("toy", overrides=merge(parse_sets(overrides.split()), VARIANTS[name])),
-                         {"seed": seed, "output_dir": str(vdir)})
-            t0 = time.perf_counter()
-            s = run(vcfg, resume=True, progress=progress)
-            results["runs"].append(dict(variant=name, seed=seed, accuracy=s["heldout"]["accuracy"],
-                                        per_category={c: v["accuracy"] for c, v in s["heldout"]["per_category"].items()}, seconds=time.perf_counter() - t0))
+    stage0 = [(_shared_stage0, out, s, overrides) for s in seeds]
+    trains = [(_train_variant, out, s, name, overrides) for s in seeds for name in variants]
+    if jobs <= 1: pool_map = map
+    else:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn").Pool(jobs); pool_map = pool.imap
+    try:
+        list(pool_map(_star, stage0))
+        for r in pool_map(_star, trains):
+            results["runs"].append(r)
             (out / "results.json").write_text(json.dumps(results, indent=1))
+    finally:
+        if jobs > 1: pool.close(); pool.join()
     return results
 
 # %% ../nbs/15_ablation.ipynb #c007
@@ -76,3 +95,27 @@ def plot_summary(rows: list[dict], path=None):
     fig.tight_layout()
     if path: fig.savefig(path, dpi=110)
     return fig
+
+# %% ../nbs/15_ablation.ipynb #c008b
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+def paired_differences(results: dict, baseline: str = "vmllm") -> list[dict]:
+    "Each variant minus `baseline`, matched by seed: mean difference and its 95% t interval (accuracy, overall)."
+    by = {(r["variant"], r["seed"]): r["accuracy"] for r in results["runs"]}
+    rows = []
+    for name in dict.fromkeys(r["variant"] for r in results["runs"]):
+        if name == baseline: continue
+        diffs = [by[(name, s)] - by[(baseline, s)] for v, s in by if v == name and (baseline, s) in by]
+        if not diffs: continue
+        mean = statistics.mean(diffs)
+        half = _T975.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("inf")
+        rows.append(dict(variant=name, n=len(diffs), diff=mean, low=mean - half, high=mean + half))
+    return rows
+
+def differences_table(rows: list[dict], baseline: str = "vmllm") -> str:
+    "The paired differences as a Markdown table (points of accuracy)."
+    lines = [f"| variant | minus `{baseline}` (points) | 95% interval | seeds | verdict |", "|---|---|---|---|---|"]
+    for r in rows:
+        verdict = "worse" if r["high"] < 0 else "better" if r["low"] > 0 else "no clear difference"
+        lines.append(f"| `{r['variant']}` | {100 * r['diff']:+.1f} | {100 * r['low']:+.1f} to {100 * r['high']:+.1f} | {r['n']} | {verdict} |")
+    return "\n".join(lines)

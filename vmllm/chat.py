@@ -108,29 +108,43 @@ def explain_prediction(model, processor, image, prompt: str, out_dir, prefix: st
     paths = []
     halves = [k for k in ("low_layer_weights", "high_layer_weights") if k in det]
     if halves:
-        fig, axs = plt.subplots(1, len(halves) + 1, figsize=(4 * (len(halves) + 1), 3.6), squeeze=False)
-        axs[0, 0].imshow(im); axs[0, 0].set_title("image"); axs[0, 0].axis("off")
-        first = 0
-        for ax, k in zip(axs[0, 1:], halves):
-            w = det[k][0].float().cpu()                                # [T, K]
-            ax.imshow(w.T, aspect="auto", cmap="magma", vmin=0, vmax=1,
-                      extent=[0, w.shape[0], first + w.shape[1] - 0.5, first - 0.5])
-            ax.set(xlabel="image token", ylabel="hidden state", title=k.replace("_", " "))
-            first += w.shape[1]
-        fig.suptitle(f"which layers each token drew on - {prompt[:60]!r}", fontsize=9); fig.tight_layout()
-        paths.append(out / f"{prefix}layers.png"); fig.savefig(paths[-1], dpi=100); plt.close(fig)
+        paths.append(_plot_layer_weights(plt, im, det, halves, prompt, out / f"{prefix}layers.png", model.vision_tower.rule.has_cls))
     gates = [k for k in det if k.endswith("_gate")]
-    if gates:
-        side = _grid(det[gates[0]].shape[1])
-        cols = len(gates)
-        fig, axs = plt.subplots(1, cols + 1, figsize=(2.3 * (cols + 1), 2.8), squeeze=False)
-        axs[0, 0].imshow(im); axs[0, 0].set_title("image", fontsize=8); axs[0, 0].axis("off")
-        for ax, k in zip(axs[0, 1:], gates):
-            ax.imshow(det[k][0].float().cpu().reshape(side, side), vmin=0, vmax=1, cmap="viridis")
-            ax.set_title(k.replace("_", " "), fontsize=8); ax.axis("off")
-        fig.suptitle(f"where each gate looked - {prompt[:60]!r}", fontsize=9); fig.tight_layout()
-        paths.append(out / f"{prefix}gates.png"); fig.savefig(paths[-1], dpi=100); plt.close(fig)
+    if gates: paths.append(_plot_gates(plt, im, det, gates, prompt, out / f"{prefix}gates.png"))
     return paths
+
+def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Path, has_cls: bool) -> Path:
+    "One panel per half: the weight each image token (column) gives each hidden state (row, its integer index)."
+    fig, axs = plt.subplots(1, len(halves) + 1, figsize=(4.2 * (len(halves) + 1), 3.6), squeeze=False)
+    axs[0, 0].imshow(im); axs[0, 0].set_title("image"); axs[0, 0].axis("off")
+    first = 0
+    for ax, k in zip(axs[0, 1:], halves):
+        w = det[k][0].float().cpu()                                    # [T, K]
+        shown = ax.imshow(w.T, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        layers = list(range(first, first + w.shape[1]))
+        step = max(1, len(layers) // 8)
+        ax.set_yticks(range(0, len(layers), step), [str(l) for l in layers[::step]])
+        ax.set(xlabel="image token" + (" (0 = CLS)" if has_cls else ""), ylabel="hidden state (0 = embeddings)", title=k.replace("_", " "))
+        first += w.shape[1]
+    fig.colorbar(shown, ax=axs[0, 1:].tolist(), label="layer-attention weight")
+    fig.suptitle(f"which layers each token drew on - {prompt[:60]!r}", fontsize=9)
+    fig.savefig(path, dpi=100); plt.close(fig)
+    return path
+
+def _plot_gates(plt, im, det: dict, gates: list, prompt: str, path: Path) -> Path:
+    "Each gate's value per patch, laid over the image (0: the gate shut that token's copy, 1: let it through)."
+    side = _grid(det[gates[0]].shape[1])
+    fig, axs = plt.subplots(1, len(gates) + 1, figsize=(2.4 * (len(gates) + 1), 2.9), squeeze=False)
+    axs[0, 0].imshow(im); axs[0, 0].set_title("image", fontsize=8); axs[0, 0].axis("off")
+    for ax, k in zip(axs[0, 1:], gates):
+        ax.imshow(im)
+        shown = ax.imshow(det[k][0].float().cpu().reshape(side, side), vmin=0, vmax=1, cmap="viridis", alpha=0.6,
+                          extent=[0, im.width, im.height, 0], interpolation="nearest")
+        ax.set_title(k.replace("_", " "), fontsize=8); ax.axis("off")
+    fig.colorbar(shown, ax=axs[0, 1:].tolist(), label="gate value", shrink=0.8)
+    fig.suptitle(f"where each gate looked - {prompt[:60]!r}", fontsize=9)
+    fig.savefig(path, dpi=100); plt.close(fig)
+    return path
 
 # %% ../nbs/14_chat.ipynb #c014
 @call_parse

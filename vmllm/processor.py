@@ -12,7 +12,8 @@ from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, load_
 from .encoder import load_image_processor, pad_to_square, text_input_rule
 
 # %% auto #0
-__all__ = ['text_tower_prompt', 'encode_text', 'pad_rows', 'chat_turns', 'chat_template_for', 'VmllmProcessor']
+__all__ = ['LLM_CHAT_TEMPLATE', 'text_tower_prompt', 'encode_text', 'pad_rows', 'chat_turns', 'chat_template_for',
+           'VmllmProcessor']
 
 # %% ../nbs/04_processor.ipynb #c005
 def _as_list(x) -> list: return [x] if isinstance(x, str) else list(x)
@@ -284,7 +285,9 @@ class VmllmProcessor(ProcessorMixin):
     def save_pretrained(self, path, **kwargs):
         "Save the tokenizers, the image processor, the settings (`processor_config.json`, `vmllm_processor.json`) and `chat_template.jinja`."
         path = Path(path); path.mkdir(parents=True, exist_ok=True)
+        own = getattr(self.tokenizer, "chat_template", None)  # the LLM tokenizer's own template ('chat_template' training uses it)
         files = super().save_pretrained(path, **kwargs)
+        if own and own != self.chat_template: (path / LLM_CHAT_TEMPLATE).write_text(own, encoding="utf-8")
         self.image_processor.save_pretrained(path)
         (path / self.config_name).write_text(json.dumps({k: getattr(self, k) for k in self._settings if k != "template"}, indent=2))
         return files
@@ -300,7 +303,11 @@ class VmllmProcessor(ProcessorMixin):
         cfg = {k: cfg[k] for k in cls._settings if k in cfg}
         tpl = path / "chat_template.jinja"
         if tpl.is_file(): cfg["chat_template"] = tpl.read_text(encoding="utf-8")
-        return cls(load_llm_tokenizer(path),
+        tok = load_llm_tokenizer(path)  # it reads chat_template.jinja, the processor's: its own is kept beside it
+        if (path / LLM_CHAT_TEMPLATE).is_file(): tok.chat_template = (path / LLM_CHAT_TEMPLATE).read_text(encoding="utf-8")
+        return cls(tok,
                    AutoTokenizer.from_pretrained(path / "encoder_tokenizer", local_files_only=True),
                    load_image_processor(path, cfg["family"]), **cfg)
+
+LLM_CHAT_TEMPLATE = "llm_chat_template.jinja"  # the LLM tokenizer's own chat template, where the processor's differs
 

@@ -81,6 +81,7 @@ class ToyDataOptions:
     n_stage2: int = 6000
     n_heldout: int = 300
     image_size: int = 32
+    turns: list = field(default_factory=lambda: [2, 5]) # fewest and most questions per stage-2 conversation
 
 @dataclass
 class PretrainOptions:
@@ -372,7 +373,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
             print(f"stage {stage}: {r['steps']} steps in {summary['stages'][stage]['seconds']:.0f} s, loss "
                   f"{summary['stages'][stage]['first_loss']:.4f} -> {r['final_loss']:.4f}, {r['samples_per_s']:.1f} samples/s, "
                   f"{r['bad_rows']} bad rows skipped ({r['skipped']} visits), {r['shortened']} shortened to fit")
-    if "heldout" in cfg and acc.is_main_process:
+    if "heldout" in cfg and summary["stages"] and acc.is_main_process:  # a trained model to score
         h = cfg["heldout"]
         t = time.perf_counter()
         with zero3_off():  # the main process alone answers
