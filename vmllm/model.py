@@ -276,7 +276,8 @@ def prepare_inputs_for_generation(self: VmllmForCausalLM, *args, pixel_values=No
 def generate(self: VmllmForCausalLM, input_ids: Tensor | None = None, pixel_values: Tensor | None = None,
              attention_mask: Tensor | None = None, **kwargs):
     """`GenerationMixin.generate`, after expanding LLaVA-style single image tokens; the output starts with the `input_ids`
-    given either way, so `out[:, input_ids.shape[1]:]` are the new tokens."""
+    given either way, so `out[:, input_ids.shape[1]:]` are the new tokens. The image token is never generated."""
+    kwargs.setdefault("suppress_tokens", [self.config.image_token_index])  # a placeholder, never a reply
     expanded = False
     if input_ids is not None and pixel_values is not None:
         given = input_ids
