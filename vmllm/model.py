@@ -131,10 +131,11 @@ def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
     return model, processor_for(enc_cfg, tok, enc_tok)
 
 def processor_for(encoder_config, tokenizer, encoder_tokenizer,
-                  image_processor=None) -> VmllmProcessor: # default: built from `encoder_config`
+                  tower_dir=None) -> VmllmProcessor: # the tower's folder: its saved image processor, if it has one
     "The processor of a model with this encoder config and these tokenizers (no model needed)."
-    vc = encoder_config.vision_config
-    return VmllmProcessor(tokenizer, encoder_tokenizer, image_processor or build_image_processor(encoder_config),
+    vc, saved = encoder_config.vision_config, tower_dir is not None and (Path(tower_dir) / "preprocessor_config.json").exists()
+    ip = load_image_processor(tower_dir, family_of(encoder_config)) if saved else build_image_processor(encoder_config)
+    return VmllmProcessor(tokenizer, encoder_tokenizer, ip,
                           (vc.image_size // vc.patch_size) ** 2, family_of(encoder_config),
                           encoder_config.text_config.max_position_embeddings)
 
@@ -166,9 +167,8 @@ def from_local_dirs(vision_tower, # local CLIP/SigLIP directory (or a preset nam
     src = Path(str(vision_tower)).expanduser()
     src = src if src.is_dir() else Path(encoder.name_or_path)
     enc_tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    ip = load_image_processor(src, family_of(encoder.config)) if (src / "preprocessor_config.json").exists() else None
     model = VmllmForCausalLM.from_parts(encoder, lm, tok.convert_tokens_to_ids(IMAGE_TOKEN), **config_kwargs)
-    return model, processor_for(encoder.config, tok, enc_tok, ip)
+    return model, processor_for(encoder.config, tok, enc_tok, src)
 
 # %% ../nbs/05_model.ipynb #c011f
 def expand_image_tokens(input_ids: Tensor, # [B, L] with one image token per image

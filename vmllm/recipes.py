@@ -215,8 +215,6 @@ def stage_config(cfg: dict, stage: int, world: int = 1, require_data: bool = Tru
         if glob % per_step: raise ValueError(f"stage{stage}: global_batch {glob} is not a multiple of batch_size "
                                              f"{s['batch_size']} x {world} processes")
         s["grad_accum"] = glob // per_step
-    for f in fields(StageConfig):  # numbers written like 1e-5 in YAML arrive as strings
-        if isinstance(s.get(f.name), str) and type(f.default) in (int, float): s[f.name] = type(f.default)(float(s[f.name]))
     return StageConfig(stage=stage, seed=cfg.get("seed", 0), **s)
 
 # %% ../nbs/13_recipes.ipynb #c011
@@ -251,13 +249,13 @@ def _fsdp2_on_cpus(mp) -> Accelerator:
     acc.state.fsdp_plugin = plugin
     return acc
 
-def _stage0_times(t0: float, losses: list, c: dict) -> dict:
-    "Time, rate and loss curve ends of a stage-0 run."
+def _stage0_report(what: str, t0: float, losses: list, c: dict) -> dict:
+    "Time, rate and loss curve ends of a stage-0 run, printed as one line."
     sec = time.perf_counter() - t0
-    return dict(seconds=sec, steps=len(losses), samples_per_s=len(losses) * c.get("batch_size", 64) / sec,
-                first_loss=losses[0], final_loss=sum(losses[-10:]) / len(losses[-10:]))
-
-def _took(t: dict) -> str: return f"{t['seconds']:.0f} s, {t['samples_per_s']:.0f} samples/s"
+    r = dict(seconds=sec, steps=len(losses), samples_per_s=len(losses) * c.get("batch_size", PretrainOptions.batch_size) / sec,
+             first_loss=losses[0], final_loss=sum(losses[-10:]) / len(losses[-10:]))
+    print(f"stage 0: {what} loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}, {sec:.0f} s, {r['samples_per_s']:.0f} samples/s")
+    return r
 
 def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress: bool,
                   times: dict | None = None) -> tuple: # filled with seconds, rate and losses of data generation and stage 0
@@ -300,8 +298,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
                                        progress=progress and acc.is_main_process, **cfg["stage0"])
             if acc.is_main_process:
                 with atomic_dir(enc_dir) as tmp: encoder.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
-                times["0"] = _stage0_times(t, losses, cfg["stage0"])
-                print(f"stage 0: contrastive loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}, {_took(times['0'])}")
+                times["0"] = _stage0_report("contrastive", t, losses, cfg["stage0"])
     model, proc = tiny_vmllm(m["family"], encoder_model=encoder, **kw)
     if 0 in cfg["stages"]:
         lm_dir = out / "stage0_llm"
@@ -313,8 +310,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
                                           progress=progress and acc.is_main_process, **lm_cfg)
             if acc.is_main_process:
                 with atomic_dir(lm_dir) as tmp: model.language_model.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
-                times["0_llm"] = _stage0_times(t, losses, lm_cfg)
-                print(f"stage 0: LLM loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}, {_took(times['0_llm'])}")
+                times["0_llm"] = _stage0_report("LLM", t, losses, lm_cfg)
     return model, proc
 
 RUN_SAFE_TO_CHANGE = SAFE_TO_CHANGE + ("output_dir", "stages")
@@ -336,7 +332,7 @@ def finished(final: Path) -> bool:
 
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe; returns a summary (per stage, and held-out accuracy for the toy)."
-    for stage in (1, 2): check_stage_options(cfg, stage)  # before any data, model or folder is made
+    check_recipe(cfg)  # before any data, model or folder is made
     out = Path(cfg["output_dir"])
     if resume: check_resume_config(out, cfg)
     acc = _accelerator(cfg)

@@ -12,8 +12,7 @@ from safetensors.torch import load_file, save_file
 from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
 from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files
-from .encoder import (ENCODER_PRESETS, model_from_config, encoder_config, family_of, load_encoder_model,
-                           load_image_processor)
+from .encoder import ENCODER_PRESETS, model_from_config, encoder_config, family_of, load_encoder_model
 from .model import VmllmConfig, VmllmForCausalLM, load_pretrained, processor_for
 from .processor import VmllmProcessor
 
@@ -251,8 +250,7 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     model.load_state_dict(ours, strict=False)
     if dtype.is_floating_point: model = model.to(dtype)  # one dtype throughout: sub-models may be built in their config's
     enc_tok = AutoTokenizer.from_pretrained(tower_dir or p / "encoder_tokenizer", local_files_only=True)
-    ip = load_image_processor(tower_dir, family) if tower_dir and (tower_dir / "preprocessor_config.json").exists() else None
-    proc = processor_for(encoder.config, tok, enc_tok, ip)
+    proc = processor_for(encoder.config, tok, enc_tok, tower_dir)
     return model.eval(), proc
 
 # %% ../nbs/11_zoo.ipynb #c020
