@@ -53,7 +53,7 @@ def main(argv=None):
     if manifest.get("heldout_seed", manifest["seed"]) != args.other_seed:
         other = make_heldout(data, out / "data" / f"heldout_seed{args.other_seed}.jsonl", n=manifest["n_heldout"], heldout_seed=args.other_seed)
         model, proc = load_pretrained(out / "stage2" / "final")
-        o = evaluate(model, proc, other, data["image_folder"], "vicuna_v1", batch_size=32, progress=False)
+        o = evaluate(model, proc, other, data["image_folder"], batch_size=32, progress=False)  # the template it was trained with
         print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['scored']} questions: "
               + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in o["per_category"].items())
               + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")

@@ -11,7 +11,7 @@ from fastcore.script import Param, call_parse
 from transformers import TextStreamer
 from .core import IMAGE_TOKEN
 from .data import TEMPLATES
-from .infer import build_prompt, context_length, open_image, with_image_placeholders
+from .infer import build_prompt, context_length, open_image, trained_template, with_image_placeholders
 
 # %% auto #0
 __all__ = ['ContextFull', 'default_max_new_tokens', 'Chat', 'explain_prediction', 'vmllm_chat']
@@ -38,7 +38,7 @@ class Chat:
                  images=(),
                  max_new_tokens: int | None = None, # default `default_max_new_tokens(context)`
                  temperature: float = 0.2, top_p: float | None = None):
-        template = template or getattr(processor, "template", None) or "vicuna_v1"
+        template = trained_template(processor, template)
         if template not in TEMPLATES: raise ValueError(f"unknown conv mode {template!r}: use one of {list(TEMPLATES)}")
         self.model, self.processor, self.template = model.eval(), processor, template
         if max_new_tokens is None: max_new_tokens = default_max_new_tokens(self.context)

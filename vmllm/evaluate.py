@@ -99,7 +99,9 @@ def check_writable(path) -> Path:
     return p
 
 @torch.no_grad()
-def evaluate(model, processor, questions_file, image_folder=None, template: str = "vicuna_v1", batch_size: int = 8,
+def evaluate(model, processor, questions_file, image_folder=None,
+             template: str | None = None, # default: the template the model was trained with (`trained_template`)
+             batch_size: int = 8,
              max_new_tokens: int = 16, answers_file=None, results_file=None, model_id: str = "vmllm",
              progress: bool = True) -> dict:
     "Answer every good row of a question file, score what has answers, and write answers/results files (checked writable first)."
@@ -160,7 +162,8 @@ def vmllm_eval(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
                answers_file: str = None, # where to write the answers (.jsonl); default beside the results
                results_file: str = None, # where to write the results (.json); default: results.json beside the questions
                vision_tower: str = None, # local CLIP/SigLIP directory, for released checkpoints without tower weights
-               conv_mode: str = "vicuna_v1", batch_size: int = 8, max_new_tokens: int = 16):
+               conv_mode: str = None, # template; default: the one the model was trained with
+               batch_size: int = 8, max_new_tokens: int = 16):
     "Evaluate a vmllm model on a question file: exact match for open answers, the letter for multiple choice."
     from vmllm.zoo import load_any
     try: m, p = load_any(model, vision_tower)

@@ -12,8 +12,8 @@ from .data import images_to_front, open_rgb, pad_to_square, render_conversation
 from .processor import text_tower_prompt
 
 # %% auto #0
-__all__ = ['with_image_placeholders', 'build_prompt', 'context_length', 'open_image', 'answer', 'generate_replies',
-           'normalize_answer']
+__all__ = ['with_image_placeholders', 'trained_template', 'build_prompt', 'context_length', 'open_image', 'answer',
+           'generate_replies', 'normalize_answer']
 
 # %% ../nbs/09_infer.ipynb #c005
 def with_image_placeholders(question: str, n_images: int, history: list | None = None) -> str:
@@ -22,12 +22,17 @@ def with_image_placeholders(question: str, n_images: int, history: list | None =
         return (IMAGE_TOKEN + "\n") * n_images + question
     return question
 
+def trained_template(processor, template: str | None = None) -> str:
+    "`template` if given, else the one the processor was saved with (the model's last training stage), else `vicuna_v1`."
+    return template or getattr(processor, "template", None) or "vicuna_v1"
+
 def build_prompt(question: str, # the user's message; `<image>`s are prepended when the conversation has none
-                 processor, template: str = "vicuna_v1", history: list | None = None, # earlier (role, text) turns
+                 processor, template: str | None = None, # default: `trained_template(processor)`
+                 history: list | None = None, # earlier (role, text) turns
                  n_images: int = 1) -> tuple[str, str]:
     "(LLM prompt ending in an open assistant turn, text-tower prompt), both as training renders them."
     turns = list(history or []) + [("human", with_image_placeholders(question, n_images, history))]
-    text, _ = render_conversation(template, [(r, images_to_front(t)) for r, t in turns], processor.tokenizer, open_end=True)
+    text, _ = render_conversation(trained_template(processor, template), [(r, images_to_front(t)) for r, t in turns], processor.tokenizer, open_end=True)
     return text, text_tower_prompt(turns)
 
 def context_length(model) -> int:
@@ -41,7 +46,8 @@ def open_image(im, processor, pad_square: bool = True) -> Image.Image:
 
 @torch.no_grad()
 def answer(model, processor, items: list, # dicts with 'question' and optionally 'image' (PIL image or path)
-           template: str = "vicuna_v1", batch_size: int = 16, max_new_tokens: int = 16, progress: bool = False,
+           template: str | None = None, # default: `trained_template(processor)`
+           batch_size: int = 16, max_new_tokens: int = 16, progress: bool = False,
            **generate_kwargs) -> list[str]:
     "Greedy (by default) replies to many questions, in left-padded batches."
     model.eval()

@@ -19,7 +19,7 @@ from .enhance import GATES, IMPLS, STREAMS
 from .core import require_files
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
-from .synth import make_toy_data, toy_corpus, toy_tokenizers
+from .synth import CATEGORIES, make_toy_data, toy_corpus, toy_tokenizers
 from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
                          zero3_off, train_contrastive, train_language_model, train_stage)
 from accelerate import FullyShardedDataParallelPlugin, PartialState
@@ -47,11 +47,12 @@ PRESETS["toy"] = dict(  # about 4 minutes on 2 CPU cores (benchmarks/toy_run.py)
     preset="toy", output_dir="runs/toy", stages=[0, 1, 2], seed=0, mixed_precision="no", threads=1,
     model=dict(family="clip", mm_projector_type="vmllm", enhance_impl="fast", reference_quirks=True, image_size=32, patch_size=16,
                encoder_layers=6, encoder_width=64, llm_width=128, llm_layers=4, init=None),
-    toy_data=dict(n_stage1=3000, n_stage2=6000, n_heldout=300, image_size=32),
+    toy_data=dict(n_stage1=3000, n_stage2=24000, n_heldout=300, image_size=32, turns=[1, 1],
+                  categories=dict(position=0.5, small=0.3, count=0.1, colour=0.04, size=0.03, shape=0.03)),
     stage0=dict(steps=600, batch_size=64, lr=1e-3),
     stage0_llm=dict(steps=150, batch_size=64, lr=1e-3),
     stage1=dict(template="plain", lr=2e-3, epochs=4.0, global_batch=32, batch_size=32, max_length=512, save_every=0),
-    stage2=dict(template="vicuna_v1", lr=1e-3, epochs=3.0, global_batch=16, batch_size=16, max_length=512, save_every=0),
+    stage2=dict(template="chat_template", lr=1e-3, epochs=2.0, global_batch=16, batch_size=16, max_length=512, save_every=0),
 )
 
 # %% ../nbs/13_recipes.ipynb #c007b
@@ -82,6 +83,7 @@ class ToyDataOptions:
     n_heldout: int = 300
     image_size: int = 32
     turns: list = field(default_factory=lambda: [2, 5]) # fewest and most questions per stage-2 conversation
+    categories: dict | None = None # weights of the question categories of stage 2 (None: as a scene offers them)
 
 @dataclass
 class PretrainOptions:
@@ -118,7 +120,7 @@ SECTIONS = {"model": ModelOptions, "toy_data": ToyDataOptions, "stage0": Pretrai
             "stage1": StageOptions, "stage2": StageOptions}
 CHOICES = {"mm_projector_type": CONNECTORS, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
            "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16")}
-SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2)}
+SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2), "categories": CATEGORIES}
 RENAMED = {"connector": "mm_projector_type"}  # older recipe names
 NOT_OPTIONS = {"stage"}  # a stage section's stage is its name
 
@@ -151,7 +153,8 @@ def check_section(name: str, values: dict, schema: type):
         if key in CHOICES and value not in CHOICES[key]:
             raise ValueError(f"{where}={value!r}: choose one of {', '.join(map(str, CHOICES[key]))}")
         if key in SUBSETS and value is not None and not set(value) <= set(SUBSETS[key]):
-            raise ValueError(f"{where}={value!r}: choose from {', '.join(map(str, SUBSETS[key]))}")
+            bad = ", ".join(map(repr, [v for v in value if v not in SUBSETS[key]]))
+            raise ValueError(f"{where}: {bad} is not one of {', '.join(map(str, SUBSETS[key]))}")
 
 def check_recipe(cfg: dict) -> dict:
     "Check a whole recipe against its typed sections (in well under a second, before any work); returns it."

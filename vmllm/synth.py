@@ -12,8 +12,9 @@ from .core import IMAGE_TOKEN, build_tokenizer
 from .data import VICUNA_SYSTEM
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'HELDOUT_CATEGORIES', 'Thing', 'random_scene', 'draw_scene', 'image_digest',
-           'caption', 'questions', 'make_toy_data', 'training_digests', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
+__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'CATEGORIES', 'HELDOUT_CATEGORIES', 'TOY_CHAT_TEMPLATE', 'Thing',
+           'random_scene', 'draw_scene', 'image_digest', 'caption', 'questions', 'check_categories', 'ask',
+           'make_toy_data', 'training_digests', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
 
 # %% ../nbs/08_synth.ipynb #c006
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
@@ -82,7 +83,33 @@ def questions(things: list[Thing], rng: random.Random) -> list[tuple[str, str, s
     rng.shuffle(qs)
     return qs
 
+CATEGORIES = ("count", "small", "colour", "size", "shape", "position")
 HELDOUT_CATEGORIES = ("small", "count", "position")
+
+def check_categories(weights: dict | None) -> dict | None:
+    "Refuse question-category weights that name no category of `CATEGORIES`, are negative or are all zero."
+    if weights is None: return None
+    if not isinstance(weights, dict): raise ValueError(f"categories must map a category to a weight, not {weights!r}")
+    for c, w in weights.items():
+        if c not in CATEGORIES: raise ValueError(f"categories: unknown category {c!r}; choose from {', '.join(CATEGORIES)}")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+            raise ValueError(f"categories.{c}={w!r}: a weight is a number >= 0")
+    if not sum(weights.values()) > 0: raise ValueError(f"categories {weights}: at least one weight must be above 0")
+    return weights
+
+def ask(things: list[Thing], rng: random.Random, n: int,
+        weights: dict | None = None, # category -> weight: each question's category is drawn first (None: as `questions` shuffles them)
+       ) -> list[tuple[str, str, str]]:
+    "`n` different questions about a scene; a category the scene cannot be asked about is skipped (never fewer than one question)."
+    qs = questions(things, rng)
+    if not weights: return qs[:n]
+    out = []
+    while len(out) < n:
+        cats = [c for c, w in weights.items() if w > 0 and any(x[0] == c for x in qs)]
+        if not cats: break
+        c = rng.choices(cats, [weights[c] for c in cats])[0]
+        out.append(rng.choice([x for x in qs if x[0] == c])); qs.remove(out[-1])
+    return out or qs[:1]
 
 # %% ../nbs/08_synth.ipynb #c012
 def _conv(pairs) -> list[dict]:
@@ -107,8 +134,10 @@ def make_toy_data(out_dir, # created if needed
                   n_stage1: int = 2000, n_stage2: int = 2000, n_heldout: int = 300,
                   image_size: int = 64, seed: int = 0,
                   turns: tuple = (2, 5), # fewest and most question turns of a stage-2 conversation
+                  categories: dict | None = None, # weights of the question categories of stage 2 (see `ask`)
                   heldout_seed: int | None = None) -> dict: # the held-out split's own random stream (default: `seed`)
     "Write images, stage1.json, stage2.json and heldout.jsonl under `out_dir`; return their paths and counts."
+    check_categories(categories)
     out = Path(out_dir); img_dir = out / "images"; img_dir.mkdir(parents=True, exist_ok=True)
     rng, seen = random.Random(seed), set()
     def new_image(name):
@@ -127,7 +156,7 @@ def make_toy_data(out_dir, # created if needed
             stage2.append({"id": f"s2_{i}", "conversations": _conv([(f"What is {a} plus {b}?", str(a + b))])})
             continue
         name = f"s2_{i:05d}.png"; things = new_image(name)
-        pairs = [(q, a) for _, q, a in questions(things, rng)[:rng.randint(*turns)]]
+        pairs = [(q, a) for _, q, a in ask(things, rng, rng.randint(*turns), categories)]
         pairs[0] = (f"{IMAGE_TOKEN}\n{pairs[0][0]}", pairs[0][1])
         stage2.append({"id": f"s2_{i}", "image": name, "conversations": _conv(pairs)})
     hseed = seed if heldout_seed is None else heldout_seed
@@ -138,7 +167,7 @@ def make_toy_data(out_dir, # created if needed
     paths["stage2"].write_text(json.dumps(stage2))
     _write_jsonl(paths["heldout"], heldout)
     manifest = dict(seed=seed, heldout_seed=hseed, image_size=image_size, n_stage1=n_stage1, n_stage2=n_stage2,
-                    n_heldout=n_heldout, turns=list(turns))
+                    n_heldout=n_heldout, turns=list(turns), categories=categories)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {**{k: str(v) for k, v in paths.items()}, **manifest}
 
@@ -163,7 +192,13 @@ def toy_corpus(data: dict) -> list[str]:
     texts = [t["value"].replace(IMAGE_TOKEN, "") for r in rows for t in r["conversations"]]
     return texts + [VICUNA_SYSTEM, "USER: ASSISTANT:"]
 
+TOY_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {{ m['content'] }} "
+                     "{% else %}ASSISTANT: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+                     "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
 def toy_tokenizers(data: dict, vocab_size: int = 600):
-    "(LLM tokenizer, text-tower tokenizer): byte-level BPE trained offline on the toy texts."
+    "(LLM tokenizer, text-tower tokenizer): byte-level BPE trained offline on the toy texts; the LLM's has `TOY_CHAT_TEMPLATE`."
     corpus = toy_corpus(data)
-    return build_tokenizer(corpus, vocab_size), build_tokenizer(corpus, vocab_size, add_eos=True)
+    tok = build_tokenizer(corpus, vocab_size)
+    tok.chat_template = TOY_CHAT_TEMPLATE  # Vicuna's roles without its system prompt
+    return tok, build_tokenizer(corpus, vocab_size, add_eos=True)

@@ -451,8 +451,10 @@ def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, 
         with atomic_dir(final) as tmp:
             acc.unwrap_model(model).save_pretrained(tmp, state_dict=sd)
             _kill_point(f"stage{cfg.stage}:final")
-            if cfg.template != "chat_template":  # saved with the model: chat, evaluation and the pipeline render as trained
-                processor.template, processor.chat_template = cfg.template, chat_template_for(cfg.template)
+            # saved with the model: chat, evaluation and the pipeline render as trained ('chat_template': the tokenizer's own)
+            own = cfg.template == "chat_template"
+            processor.template = cfg.template
+            processor.chat_template = processor.tokenizer.chat_template if own else chat_template_for(cfg.template)
             processor.save_pretrained(tmp)
             (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
         (out / "history.json").write_text(json.dumps(state["history"]))

@@ -20,7 +20,7 @@ def answer_stream(model, processor, question: str, image=None, # a PIL image or 
                   max_new_tokens: int = 256, temperature: float = 0.2,
                   explain_dir=None): # where to draw layers.png/gates.png for this answer (vmllm connector and an image)
     "Yield the reply as it grows, then `dict(reply=, turns=, pictures=)`."
-    chat = Chat(model, processor, template or getattr(processor, "template", None) or "vicuna_v1",
+    chat = Chat(model, processor, template,
                 [image] if image is not None else [], max_new_tokens, temperature)
     chat.turns = list(turns)
     q = queue.Queue()
