@@ -57,34 +57,25 @@ def main(argv=None):
         print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['scored']} questions: "
               + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in o["per_category"].items())
               + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")
-    if model_is_vmllm(out): print_gate_picks(out)
+    if json.loads((out / "stage2" / "final" / "config.json").read_text()).get("mm_projector_type") == "vmllm":
+        print_gate_picks(out)
     if args.pictures: save_pictures(out, Path(args.pictures))
 
-def model_is_vmllm(out: Path) -> bool:
-    return json.loads((out / "stage2" / "final" / "config.json").read_text()).get("mm_projector_type") == "vmllm"
-
 def print_gate_picks(out: Path):
-    "How often each gate is highest on the quadrant of the shape a held-out position question names (chance: 0.25 or more)."
-    from vmllm.core import IMAGE_TOKEN
-    from vmllm.infer import open_image
+    "How often each gate is most open on the quadrant of the shape a held-out position question names (chance: 0.25 or more)."
+    from vmllm.chat import connector_details, gate_grid
     from vmllm.model import load_pretrained
     from vmllm.synth import QUADRANTS
     model, proc = load_pretrained(out / "stage2" / "final")
     rows = [json.loads(l) for l in (out / "data" / "heldout.jsonl").read_text().splitlines() if l.strip()]
     rows = [r for r in rows if r["category"] == "position"]
-    side = int(proc.tokens_per_image ** 0.5)
-    quadrant = torch.tensor([QUADRANTS.index(("top" if i // side < side / 2 else "bottom") + " " + ("left" if i % side < side / 2 else "right"))
-                             for i in range(side * side)])  # the quadrant of every patch, row by row
     hits = {}
     for r in rows:
-        prompt = IMAGE_TOKEN + "\n" + r["text"]
-        b = proc(prompt, images=[open_image(out / "data" / "images" / r["image"], proc)], prompts=prompt)
-        with torch.no_grad():
-            _, det = model.image_features(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"],
-                                          torch.zeros(1, dtype=torch.long), return_details=True)
+        _, det = connector_details(model, proc, out / "data" / "images" / r["image"], r["text"])
         for name, g in det.items():
             if not name.endswith("_gate"): continue
-            per_quadrant = torch.stack([g[0].float()[quadrant == q].mean() for q in range(4)])
+            grid = gate_grid(g); h = grid.shape[0] // 2  # quadrants in QUADRANTS order: top left, top right, bottom left, bottom right
+            per_quadrant = torch.stack([grid[:h, :h].mean(), grid[:h, h:].mean(), grid[h:, :h].mean(), grid[h:, h:].mean()])
             hits.setdefault(name, []).append(int(per_quadrant.argmax()) == QUADRANTS.index(r["answer"]))
     print(f"gate most open on the named shape's quadrant ({len(rows)} held-out position questions): "
           + ", ".join(f"{k.replace('_gate', '')} {sum(v) / len(v):.2f}" for k, v in hits.items()))

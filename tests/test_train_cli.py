@@ -29,7 +29,8 @@ def test_bad_flags_give_clear_errors(tmp_path):
                       ("model.connector=mlp2x_gelu", "unknown option model.connector (did you mean mm_projector_type?)"),
                       ("model.mm_projector_type=mlp3", "choose one of vmllm, mlp2x_gelu"),
                       ("stage2.lr=fast", "stage2.lr='fast': expected float"), ("stages=[1,3]", "stages: 3 is not one of 0, 1, 2"),
-                      ("toy_data.categories.positon=1", "toy_data.categories: 'positon' is not one of count, small, colour")]:
+                      ("toy_data.categories.positon=1", "toy_data.categories: 'positon' is not one of count, small, colour"),
+                      ("toy_data.categories.count=-1", "toy_data.categories.count=-1: a weight is a number >= 0")]:
         r = run(["vmllm_train", "--preset", "toy", "--output_dir", str(tmp_path / "y"), "--set", bad])
         assert r.returncode != 0 and says in r.stderr, (bad, r.stderr[-1500:])
         assert not (tmp_path / "y").exists()  # refused before any folder or data is made

@@ -42,9 +42,13 @@ def anonymise(text: str) -> str:
     return TMP.sub("<tmp>", text).replace(str(ROOT), "<repo>")
 
 
-def without_library_warnings(text: str) -> str:
-    "stderr minus the warnings libraries print (a `...Warning: ...` line and its `warnings.warn(` line)."
-    return "\n".join(l for l in text.split("\n") if "Warning: " not in l and l.strip() != "warnings.warn(")
+LOGGED_WARNING = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[WARNING\]")  # a library's timestamped log line
+
+def without_library_warnings(text: str, stream: str = "stderr") -> str:
+    """A stream minus the warnings libraries print: a timestamped WARNING log line anywhere; on stderr also a
+    `...Warning: ...` line and its `warnings.warn(` line."""
+    noise = lambda l: LOGGED_WARNING.match(l) or (stream == "stderr" and ("Warning: " in l or l.strip() == "warnings.warn("))
+    return "\n".join(l for l in text.split("\n") if not noise(l))
 
 
 def shorten(text: str) -> str:
@@ -62,7 +66,7 @@ def tidy(outputs: list) -> list:
     for o in outputs:
         if o.get("output_type") == "stream":
             o["text"] = shorten("".join(o["text"]) if isinstance(o["text"], list) else o["text"])
-            if o.get("name") == "stderr": o["text"] = without_library_warnings(o["text"])
+            o["text"] = without_library_warnings(o["text"], o.get("name", "stdout"))
             if o["text"].strip(): out.append(o)
         elif o.get("output_type") in ("execute_result", "display_data"):
             data = {k: v for k, v in o.get("data", {}).items() if k in ("text/plain", "image/png", "text/markdown")}

@@ -14,7 +14,7 @@ from .data import TEMPLATES
 from .infer import build_prompt, context_length, open_image, trained_template, with_image_placeholders
 
 # %% auto #0
-__all__ = ['ContextFull', 'default_max_new_tokens', 'Chat', 'explain_prediction', 'vmllm_chat']
+__all__ = ['ContextFull', 'default_max_new_tokens', 'Chat', 'connector_details', 'gate_grid', 'explain_prediction', 'vmllm_chat']
 
 # %% ../nbs/14_chat.ipynb #c005
 class _CallbackStreamer(TextStreamer):
@@ -93,10 +93,8 @@ def _grid(n: int) -> int:
     return side
 
 @torch.no_grad()
-def explain_prediction(model, processor, image, prompt: str, out_dir, prefix: str = "") -> list[Path]:
-    "Save layers.png (layer attention per image token) and gates.png (gate maps on the patch grid) for `prompt`."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def connector_details(model, processor, image, prompt: str) -> tuple:
+    "(the image as the model sees it, the vmllm connector's layer weights and gate values for this image and prompt)."
     if model.config.mm_projector_type != "vmllm": raise ValueError("explain needs the vmllm connector (this model has "
                                                                   f"{model.config.mm_projector_type})")
     im = open_image(image, processor)
@@ -104,6 +102,20 @@ def explain_prediction(model, processor, image, prompt: str, out_dir, prefix: st
     b = {k: v.to(model.device) for k, v in b.items()}
     _, det = model.image_features(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"],
                                   torch.zeros(1, dtype=torch.long, device=model.device), return_details=True)
+    return im, det
+
+def gate_grid(gate) -> torch.Tensor:
+    "A gate's values for one image ([N] or [1, N]) as the square patch grid they come from."
+    g = gate.reshape(-1).float()
+    side = _grid(len(g))
+    return g.reshape(side, side)
+
+@torch.no_grad()
+def explain_prediction(model, processor, image, prompt: str, out_dir, prefix: str = "") -> list[Path]:
+    "Save layers.png (layer attention per image token) and gates.png (gate maps on the patch grid) for `prompt`."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    im, det = connector_details(model, processor, image, prompt)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     paths = []
     halves = [k for k in ("low_layer_weights", "high_layer_weights") if k in det]
@@ -133,12 +145,11 @@ def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Pat
 
 def _plot_gates(plt, im, det: dict, gates: list, prompt: str, path: Path) -> Path:
     "Each gate's value per patch, laid over the image (0: the gate shut that token's copy, 1: let it through)."
-    side = _grid(det[gates[0]].shape[1])
     fig, axs = plt.subplots(1, len(gates) + 1, figsize=(2.4 * (len(gates) + 1), 2.9), squeeze=False)
     axs[0, 0].imshow(im); axs[0, 0].set_title("image", fontsize=8); axs[0, 0].axis("off")
     for ax, k in zip(axs[0, 1:], gates):
         ax.imshow(im)
-        shown = ax.imshow(det[k][0].float().cpu().reshape(side, side), vmin=0, vmax=1, cmap="viridis", alpha=0.6,
+        shown = ax.imshow(gate_grid(det[k][0].cpu()), vmin=0, vmax=1, cmap="viridis", alpha=0.6,
                           extent=[0, im.width, im.height, 0], interpolation="nearest")
         ax.set_title(k.replace("_", " "), fontsize=8); ax.axis("off")
     fig.colorbar(shown, ax=axs[0, 1:].tolist(), label="gate value", shrink=0.8)

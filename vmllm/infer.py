@@ -23,8 +23,10 @@ def with_image_placeholders(question: str, n_images: int, history: list | None =
     return question
 
 def trained_template(processor, template: str | None = None) -> str:
-    "`template` if given, else the one the processor was saved with (the model's last training stage), else `vicuna_v1`."
-    return template or getattr(processor, "template", None) or "vicuna_v1"
+    """`template` if given, else the one the processor was saved with (the model's last training stage), else `vicuna_v1`;
+    also `vicuna_v1` for a stage-1 model saved with `plain`, which renders captions and drops the question."""
+    saved = getattr(processor, "template", None)
+    return template or (saved if saved not in (None, "plain") else "vicuna_v1")
 
 def build_prompt(question: str, # the user's message; `<image>`s are prepended when the conversation has none
                  processor, template: str | None = None, # default: `trained_template(processor)`

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from .data import images_to_front, render_conversation
-from .infer import open_image, build_prompt, generate_replies
+from .infer import open_image, build_prompt, generate_replies, trained_template
 from .processor import chat_turns, text_tower_prompt
 
 try:  # lmms-eval is optional: the class below only works when it is installed
@@ -74,7 +74,8 @@ class VmllmLMMS(_LMMSBase):
     "lmms-eval model adapter for vmllm checkpoints (vmllm or released layout): requests as text and visuals."
     def __init__(self, pretrained: str, # checkpoint directory
                  vision_tower: str | None = None, # local tower directory, for released checkpoints without tower weights
-                 conv_mode: str = "vicuna_v1", device: str | None = None, batch_size: int = 1, **kwargs):
+                 conv_mode: str | None = None, # template; default: the one the model was trained with
+                 device: str | None = None, batch_size: int = 1, **kwargs):
         if _LMMSBase is object: raise ImportError('lmms-eval is not installed: pip install "vmllm[lmms]"')
         super().__init__()
         from vmllm.zoo import load_any
@@ -82,7 +83,7 @@ class VmllmLMMS(_LMMSBase):
         self._device = default_device(device)
         self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.model.to(self._device).eval()
-        self.conv_mode, self.batch_size_per_gpu = conv_mode, int(batch_size)
+        self.conv_mode, self.batch_size_per_gpu = trained_template(self.processor, conv_mode), int(batch_size)
 
     @property
     def device(self): return self._device

@@ -19,7 +19,7 @@ from .enhance import GATES, IMPLS, STREAMS
 from .core import require_files
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
-from .synth import CATEGORIES, make_toy_data, toy_corpus, toy_tokenizers
+from .synth import CATEGORIES, check_categories, make_toy_data, toy_corpus, toy_tokenizers
 from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
                          zero3_off, train_contrastive, train_language_model, train_stage)
 from accelerate import FullyShardedDataParallelPlugin, PartialState
@@ -160,6 +160,7 @@ def check_recipe(cfg: dict) -> dict:
     "Check a whole recipe against its typed sections (in well under a second, before any work); returns it."
     check_section("", cfg, RecipeOptions)
     for name, schema in SECTIONS.items(): check_section(name, cfg.get(name) or {}, schema)
+    check_categories((cfg.get("toy_data") or {}).get("categories"), "toy_data.categories")
     return cfg
 
 # %% ../nbs/13_recipes.ipynb #c008
@@ -376,7 +377,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         h = cfg["heldout"]
         t = time.perf_counter()
         with zero3_off():  # the main process alone answers
-            summary["heldout"] = evaluate(model, proc, h["questions"], h["image_folder"], cfg["stage2"].get("template", "vicuna_v1"),
+            summary["heldout"] = evaluate(model, proc, h["questions"], h["image_folder"], None,  # as saved: the model's template
                                           batch_size=32, answers_file=out / "heldout.answers.jsonl", progress=progress)
         summary["heldout"]["seconds"] = time.perf_counter() - t
         print(f"held-out accuracy {summary['heldout']['accuracy']:.3f} on {summary['heldout']['scored']} questions; "

@@ -86,23 +86,28 @@ def questions(things: list[Thing], rng: random.Random) -> list[tuple[str, str, s
 CATEGORIES = ("count", "small", "colour", "size", "shape", "position")
 HELDOUT_CATEGORIES = ("small", "count", "position")
 
-def check_categories(weights: dict | None) -> dict | None:
-    "Refuse question-category weights that name no category of `CATEGORIES`, are negative or are all zero."
+def check_categories(weights: dict | None, name: str = "categories") -> dict | None:
+    "Refuse question-category weights that name no category of `CATEGORIES`, are negative or are all zero (`name`: the option, for messages)."
     if weights is None: return None
-    if not isinstance(weights, dict): raise ValueError(f"categories must map a category to a weight, not {weights!r}")
+    if not isinstance(weights, dict): raise ValueError(f"{name} must map a category to a weight, not {weights!r}")
     for c, w in weights.items():
-        if c not in CATEGORIES: raise ValueError(f"categories: unknown category {c!r}; choose from {', '.join(CATEGORIES)}")
+        if c not in CATEGORIES: raise ValueError(f"{name}: unknown category {c!r}; choose from {', '.join(CATEGORIES)}")
         if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
-            raise ValueError(f"categories.{c}={w!r}: a weight is a number >= 0")
-    if not sum(weights.values()) > 0: raise ValueError(f"categories {weights}: at least one weight must be above 0")
+            raise ValueError(f"{name}.{c}={w!r}: a weight is a number >= 0")
+    if not sum(weights.values()) > 0: raise ValueError(f"{name} {weights}: at least one weight must be above 0")
     return weights
 
-def ask(things: list[Thing], rng: random.Random, n: int,
+def ask(things: list[Thing], rng: random.Random,
+        turns: tuple = (1, 1), # fewest and most questions
         weights: dict | None = None, # category -> weight: each question's category is drawn first (None: as `questions` shuffles them)
        ) -> list[tuple[str, str, str]]:
-    "`n` different questions about a scene; a category the scene cannot be asked about is skipped (never fewer than one question)."
+    """Different questions about a scene, as many as `rng` draws from `turns`. With `weights`, a category the scene cannot
+    be asked about is skipped; if none can be, the row gets one question of any category."""
+    if not weights:  # the first of the shuffled questions (drawn in this order, datasets made before `weights` stay the same)
+        qs = questions(things, rng)
+        return qs[:rng.randint(*turns)]
+    n = rng.randint(*turns)
     qs = questions(things, rng)
-    if not weights: return qs[:n]
     out = []
     while len(out) < n:
         cats = [c for c, w in weights.items() if w > 0 and any(x[0] == c for x in qs)]
@@ -156,7 +161,7 @@ def make_toy_data(out_dir, # created if needed
             stage2.append({"id": f"s2_{i}", "conversations": _conv([(f"What is {a} plus {b}?", str(a + b))])})
             continue
         name = f"s2_{i:05d}.png"; things = new_image(name)
-        pairs = [(q, a) for _, q, a in ask(things, rng, rng.randint(*turns), categories)]
+        pairs = [(q, a) for _, q, a in ask(things, rng, turns, categories)]
         pairs[0] = (f"{IMAGE_TOKEN}\n{pairs[0][0]}", pairs[0][1])
         stage2.append({"id": f"s2_{i}", "image": name, "conversations": _conv(pairs)})
     hseed = seed if heldout_seed is None else heldout_seed
