@@ -50,24 +50,21 @@ def main(argv=None):
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     data = dict(manifest, image_folder=str(out / "data" / "images"), stage1=str(out / "data" / "stage1.json"),
                 stage2=str(out / "data" / "stage2.json"))
+    model, proc = load_pretrained(out / "stage2" / "final")
+    rows = [json.loads(l) for l in (out / "data" / "heldout.jsonl").read_text().splitlines() if l.strip()]
     if manifest.get("heldout_seed", manifest["seed"]) != args.other_seed:
         other = make_heldout(data, out / "data" / f"heldout_seed{args.other_seed}.jsonl", n=manifest["n_heldout"], heldout_seed=args.other_seed)
-        model, proc = load_pretrained(out / "stage2" / "final")
         o = evaluate(model, proc, other, data["image_folder"], batch_size=32, progress=False)  # the template it was trained with
         print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['scored']} questions: "
               + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in o["per_category"].items())
               + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")
-    if json.loads((out / "stage2" / "final" / "config.json").read_text()).get("mm_projector_type") == "vmllm":
-        print_gate_picks(out)
-    if args.pictures: save_pictures(out, Path(args.pictures))
+    if model.config.mm_projector_type == "vmllm": print_gate_picks(model, proc, out, rows)
+    if args.pictures: save_pictures(model, proc, out, rows, Path(args.pictures))
 
-def print_gate_picks(out: Path):
+def print_gate_picks(model, proc, out: Path, rows: list):
     "How often each gate is most open on the quadrant of the shape a held-out position question names (chance: 0.25 or more)."
     from vmllm.chat import connector_details, gate_grid
-    from vmllm.model import load_pretrained
     from vmllm.synth import QUADRANTS
-    model, proc = load_pretrained(out / "stage2" / "final")
-    rows = [json.loads(l) for l in (out / "data" / "heldout.jsonl").read_text().splitlines() if l.strip()]
     rows = [r for r in rows if r["category"] == "position"]
     hits = {}
     for r in rows:
@@ -80,12 +77,9 @@ def print_gate_picks(out: Path):
     print(f"gate most open on the named shape's quadrant ({len(rows)} held-out position questions): "
           + ", ".join(f"{k.replace('_gate', '')} {sum(v) / len(v):.2f}" for k, v in hits.items()))
 
-def save_pictures(out: Path, folder: Path):
+def save_pictures(model, proc, out: Path, rows: list, folder: Path):
     "Layer-attention and gate pictures of the trained toy model for two held-out questions (`toy_*` files in `folder`)."
     from vmllm.chat import explain_prediction
-    from vmllm.model import load_pretrained
-    model, proc = load_pretrained(out / "stage2" / "final")
-    rows = [json.loads(l) for l in (out / "data" / "heldout.jsonl").read_text().splitlines() if l.strip()]
     picked = [next(r for r in rows if r["category"] == c) for c in ("position", "small")]
     for i, r in enumerate(picked):
         for path in explain_prediction(model, proc, out / "data" / "images" / r["image"], r["text"], folder, prefix=f"toy{i}_"):

@@ -65,8 +65,8 @@ def tidy(outputs: list) -> list:
     out = []
     for o in outputs:
         if o.get("output_type") == "stream":
-            o["text"] = shorten("".join(o["text"]) if isinstance(o["text"], list) else o["text"])
-            o["text"] = without_library_warnings(o["text"], o.get("name", "stdout"))
+            text = "".join(o["text"]) if isinstance(o["text"], list) else o["text"]
+            o["text"] = shorten(without_library_warnings(text, o.get("name", "stdout")))  # warnings out before the cut
             if o["text"].strip(): out.append(o)
         elif o.get("output_type") in ("execute_result", "display_data"):
             data = {k: v for k, v in o.get("data", {}).items() if k in ("text/plain", "image/png", "text/markdown")}

@@ -34,7 +34,8 @@ def build_prompt(question: str, # the user's message; `<image>`s are prepended w
                  n_images: int = 1) -> tuple[str, str]:
     "(LLM prompt ending in an open assistant turn, text-tower prompt), both as training renders them."
     turns = list(history or []) + [("human", with_image_placeholders(question, n_images, history))]
-    text, _ = render_conversation(trained_template(processor, template), [(r, images_to_front(t)) for r, t in turns], processor.tokenizer, open_end=True)
+    text, _ = render_conversation(trained_template(processor, template), [(r, images_to_front(t)) for r, t in turns],
+                                  processor.tokenizer, open_end=True)
     return text, text_tower_prompt(turns)
 
 def context_length(model) -> int:

@@ -38,7 +38,8 @@ def _part(p, key, default=None):
     return p.get(key, default) if isinstance(p, dict) else getattr(p, key, default)
 
 def chat_request(messages: list, # lmms-eval `doc_to_messages` output: role/content dicts, content parts of type image/text
-                 processor, template: str = "vicuna_v1") -> tuple[tuple[str, str], list]:
+                 processor, template: str | None = None, # default: `trained_template(processor)`
+                ) -> tuple[tuple[str, str], list]:
     """((LLM prompt, text-tower prompt), images) of a chat request, rendered as `build_prompt` renders the same
     conversation; system messages are dropped (vmllm's templates have their own)."""
     hf, images = [], []
@@ -59,7 +60,8 @@ def chat_request(messages: list, # lmms-eval `doc_to_messages` output: role/cont
         hf.append({"role": role, "content": parts})
     if not hf or hf[-1]["role"] != "user": raise ValueError("a chat request must end with a user message")
     turns = chat_turns(hf)
-    text, _ = render_conversation(template, [(r, images_to_front(t)) for r, t in turns], processor.tokenizer, open_end=True)
+    text, _ = render_conversation(trained_template(processor, template), [(r, images_to_front(t)) for r, t in turns],
+                                  processor.tokenizer, open_end=True)
     return (text, text_tower_prompt(turns)), images
 
 def _gen_settings(gen_kwargs: dict) -> tuple[dict, list]:

@@ -19,7 +19,7 @@ from .enhance import GATES, IMPLS, STREAMS
 from .core import require_files
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
-from .synth import CATEGORIES, check_categories, make_toy_data, toy_corpus, toy_tokenizers
+from .synth import check_categories, make_toy_data, toy_corpus, toy_tokenizers
 from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
                          zero3_off, train_contrastive, train_language_model, train_stage)
 from accelerate import FullyShardedDataParallelPlugin, PartialState
@@ -120,7 +120,7 @@ SECTIONS = {"model": ModelOptions, "toy_data": ToyDataOptions, "stage0": Pretrai
             "stage1": StageOptions, "stage2": StageOptions}
 CHOICES = {"mm_projector_type": CONNECTORS, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
            "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16")}
-SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2), "categories": CATEGORIES}
+SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2)}  # toy_data.categories: `check_categories`
 RENAMED = {"connector": "mm_projector_type"}  # older recipe names
 NOT_OPTIONS = {"stage"}  # a stage section's stage is its name
 

@@ -91,7 +91,7 @@ def check_categories(weights: dict | None, name: str = "categories") -> dict | N
     if weights is None: return None
     if not isinstance(weights, dict): raise ValueError(f"{name} must map a category to a weight, not {weights!r}")
     for c, w in weights.items():
-        if c not in CATEGORIES: raise ValueError(f"{name}: unknown category {c!r}; choose from {', '.join(CATEGORIES)}")
+        if c not in CATEGORIES: raise ValueError(f"{name}: {c!r} is not one of {', '.join(CATEGORIES)}")
         if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
             raise ValueError(f"{name}.{c}={w!r}: a weight is a number >= 0")
     if not sum(weights.values()) > 0: raise ValueError(f"{name} {weights}: at least one weight must be above 0")
