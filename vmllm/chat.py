@@ -85,6 +85,11 @@ class Chat:
         self.turns += [("human", question), ("gpt", reply)]
         return reply
 
+    @property
+    def read_turns(self) -> list:
+        "The turns the model read for its latest reply (the conversation up to that question): what its text tower's prompt came from."
+        return self.turns[:-1]
+
 # %% ../nbs/14_chat.ipynb #c011
 def _grid(n: int) -> int:
     "Side of the square patch grid of `n` tokens."
@@ -92,13 +97,22 @@ def _grid(n: int) -> int:
     if side * side != n: raise ValueError(f"{n} image tokens do not form a square grid")
     return side
 
+def _tower_prompt(processor, prompt: str | None, turns: list | None) -> str:
+    "The text tower's prompt of a conversation (`turns`), or of `prompt` asked about the image as a first question."
+    if turns is None:
+        if prompt is None: raise ValueError("give the question (prompt=) or the conversation the model read (turns=)")
+        turns = [("human", IMAGE_TOKEN + "\n" + prompt)]
+    return processor.text_tower_prompt(turns)
+
 @torch.no_grad()
-def connector_details(model, processor, image, prompt: str) -> tuple:
-    "(the image as the model sees it, the vmllm connector's layer weights and gate values for this image and prompt)."
+def connector_details(model, processor, image, prompt: str | None = None, # a question asked first about the image
+                      turns: list | None = None, # or the conversation the model read (`Chat.read_turns`), by the processor's rule
+                     ) -> tuple:
+    "(the image as the model sees it, the vmllm connector's layer weights and gate values for this image and the text tower's prompt)."
     if model.config.mm_projector_type != "vmllm": raise ValueError("explain needs the vmllm connector (this model has "
                                                                   f"{model.config.mm_projector_type})")
     im = open_image(image, processor)
-    b = processor(IMAGE_TOKEN + "\n" + prompt, images=[im], prompts=IMAGE_TOKEN + "\n" + prompt)
+    b = processor(IMAGE_TOKEN, images=[im], prompts=_tower_prompt(processor, prompt, turns))
     b = {k: v.to(model.device) for k, v in b.items()}
     _, det = model.image_features(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"],
                                   torch.zeros(1, dtype=torch.long, device=model.device), return_details=True)
@@ -111,11 +125,13 @@ def gate_grid(gate) -> torch.Tensor:
     return g.reshape(side, side)
 
 @torch.no_grad()
-def explain_prediction(model, processor, image, prompt: str, out_dir, prefix: str = "") -> list[Path]:
-    "Save layers.png (layer attention per image token) and gates.png (gate maps on the patch grid) for `prompt`."
+def explain_prediction(model, processor, image, prompt: str | None, out_dir, prefix: str = "",
+                       turns: list | None = None) -> list[Path]: # the conversation the model read, if not one question
+    "Save layers.png (layer attention per image token) and gates.png (gate maps on the patch grid) for `prompt` (or `turns`)."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    im, det = connector_details(model, processor, image, prompt)
+    im, det = connector_details(model, processor, image, prompt, turns)
+    if turns is not None: prompt = _tower_prompt(processor, None, turns)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     paths = []
     halves = [k for k in ("low_layer_weights", "high_layer_weights") if k in det]
@@ -188,4 +204,5 @@ def vmllm_chat(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
         print(flush=True)
         answered += 1
         if explain and image:
-            for path in explain_prediction(m, p, image, question, explain, prefix=f"turn{answered}_"): print(f"[saved {path}]")
+            for path in explain_prediction(m, p, image, question, explain, prefix=f"turn{answered}_", turns=chat.read_turns):
+                print(f"[saved {path}]")

@@ -11,14 +11,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, progress as progress_bar
-from .processor import VmllmProcessor, pad_rows, text_tower_prompt
+from .processor import ImageError, VmllmProcessor, images_to_front, open_rgb, pad_rows
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation', 'ImageError', 'open_rgb', 'BadRow',
-           'BadRows', 'images_to_front', 'json_kind', 'row_place', 'image_names', 'image_path', 'LlavaDataset',
-           'Collator', 'ModalityLengthSampler', 'preflight']
+__all__ = ['log', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation', 'BadRow', 'BadRows', 'json_kind',
+           'row_place', 'image_names', 'image_path', 'LlavaDataset', 'Collator', 'ModalityLengthSampler', 'preflight']
 
 # %% ../nbs/07_data.ipynb #c006
 def _render_plain(turns, tok, open_end):
@@ -98,49 +97,21 @@ def render_conversation(template: str, # one of `TEMPLATES`
     return TEMPLATES[template](turns, tokenizer, open_end)
 
 # %% ../nbs/07_data.ipynb #c009
-def _label_tokens(text: str, spans: list, processor: VmllmProcessor) -> tuple[list, list]:
-    "Token ids of `text` and labels: the id where the token lies inside a span, else IGNORE_INDEX."
-    ids, offsets = processor.encode(text)
-    labels = []
-    for i, (a, b) in zip(ids, offsets):
-        inside = b > a and any(s <= a and b <= e for s, e in spans)  # a token that straddles a span's edge is not learnt
-        labels.append(i if inside else IGNORE_INDEX)
-    return ids, labels
-
 def encode_conversation(turns: list, processor: VmllmProcessor, template: str, max_length: int | None = None,
+                        last_reply_only: bool = False, # learn only the final reply (and never drop turns to fit)
                        ) -> tuple[list, list, int]:
     "(input ids, labels, number of turns dropped to fit `max_length`); raises `ValueError` if nothing fits."
     n_images = lambda ts: sum(t.count(IMAGE_TOKEN) for _, t in ts)
     for keep in range(len(turns), 0, -2):
-        if n_images(turns[:keep]) < n_images(turns): break  # never drop a turn that carries an image
+        if n_images(turns[:keep]) < n_images(turns) or (last_reply_only and keep < len(turns)): break  # keep images, and the reply to learn
         text, spans = render_conversation(template, turns[:keep], processor.tokenizer)
-        ids, labels = processor.expand_images(*_label_tokens(text, spans, processor))
+        if last_reply_only: spans = spans[-1:]
+        ids, labels = processor.tokenize(text, spans=spans)  # labelled inside the replies' spans
         if max_length is None or len(ids) <= max_length: return ids, labels, len(turns) - keep
     raise ValueError(f"too long: {len(ids)} tokens once every droppable turn is dropped, max_length {max_length}")
 
 # %% ../nbs/07_data.ipynb #c014
-class ImageError(ValueError):
-    "An image that cannot be used; the message names the file and why."
-
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    "High-bit-depth greyscale as 8-bit 'L': integer modes (I;16*, I) as 16-bit values (65535 -> 255), 'F' from [0, 1] (or [0, 255] if larger)."
-    a = np.asarray(im, dtype=np.float64)
-    if im.mode == "F": a = a * 255 if a.size and np.nanmax(a) <= 1 else a
-    else: a = a / 257
-    return Image.fromarray(np.clip(np.round(np.nan_to_num(a)), 0, 255).astype(np.uint8))
-
-def open_rgb(src) -> Image.Image:
-    "`src` (a path or a PIL image) as an RGB image, high-bit-depth greyscale scaled to 8 bits; `ImageError` naming the file."
-    rgb = lambda im: (_to_8bit(im) if im.mode.startswith("I") or im.mode == "F" else im).convert("RGB")
-    try:
-        if isinstance(src, Image.Image): return rgb(src)
-        with Image.open(src) as f: return rgb(f)
-    except _IMAGE_ERRORS as e:
-        name, why = "(in memory)" if isinstance(src, Image.Image) else src, getattr(e, "strerror", None) or e
-        raise ImageError(f"cannot read image {name}: {e.__class__.__name__}: {why}") from e
-
+# `open_rgb` and `ImageError` live with the processor, which reads every image the same way (04_processor)
 from .encoder import pad_to_square  # defined with the image processors; training pads every image with it
 
 # %% ../nbs/07_data.ipynb #c017
@@ -156,12 +127,6 @@ class BadRows(BadRow):
         super().__init__(f"{len(lines)} bad row{'s' * (len(lines) != 1)} in {self.path}:\n" + "\n".join(lines[:show]) + more)
 
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}  # as written -> as rendered
-
-def images_to_front(text: str) -> str:
-    "A turn with `<image>` rewritten as LLaVA does: the image(s) first, each followed by a newline, then the rest, stripped."
-    n = text.count(IMAGE_TOKEN)
-    if not n: return text
-    return ((IMAGE_TOKEN + "\n") * n + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
 def json_kind(x) -> str:
     "What a JSON value is, in JSON's words (for messages)."
@@ -216,7 +181,8 @@ class LlavaDataset(Dataset):
                  processor: VmllmProcessor, template: str,
                  max_length: int | None = None, # in tokens, image slots included
                  strict: bool = False, # raise on a bad row instead of skipping it
-                 pad_square: bool = True): # pad images to square with the mean colour (LLaVA-1.5)
+                 pad_square: bool = True, # pad images to square with the mean colour (LLaVA-1.5)
+                 per_reply: bool | None = None): # one sample per reply, its own question in the text tower (default: the processor's rule is latest_user_turn)
         self.path, self.image_folder = Path(path), Path(image_folder) if image_folder else None
         if not self.path.is_file(): raise FileNotFoundError(f"data file not found: {self.path}")
         if self.image_folder is not None and not self.image_folder.is_dir():
@@ -225,9 +191,26 @@ class LlavaDataset(Dataset):
         render_conversation(template, [("human", IMAGE_TOKEN), ("gpt", "ok")], processor.tokenizer)  # a template/tokenizer mismatch fails here, not per row
         self.processor, self.template, self.max_length, self.strict, self.pad_square = processor, template, max_length, strict, pad_square
         self.rows, self.offsets, self.numbers = _read_rows(self.path)
-        self.bad_rows: dict[int, str] = {}  # index -> message of every bad row met so far, each once
+        self.bad_rows: dict[int, str] = {}  # sample index -> message of every bad row met so far, each once
+        self.per_reply = processor.prompt_rule == "latest_user_turn" if per_reply is None else per_reply
+        self.samples = self._reply_samples() if self.per_reply else None  # [(row, reply)]: one sample per reply
 
-    def __len__(self): return len(self.numbers)
+    def __len__(self): return len(self.samples) if self.samples is not None else len(self.numbers)
+
+    def _reply_samples(self) -> list[tuple[int, int]]:
+        "(row, reply) of every reply of every row; a malformed row counts once (it is reported when visited)."
+        out = []
+        for r in range(len(self.numbers)):
+            try:
+                conv = self.row(r).get("conversations")
+                n = sum(isinstance(t, dict) and ROLES.get(t.get("from")) == "gpt" for t in conv) if isinstance(conv, list) else 0
+            except (BadRow, TypeError): n = 0
+            out += [(r, j) for j in range(max(n, 1))]
+        return out
+
+    def sample_row(self, i: int) -> tuple[int, int | None]:
+        "(row, reply) of sample `i`: the reply is None when a sample is a whole row."
+        return self.samples[i] if self.samples is not None else (i, None)
 
     def where(self, i: int, row=None) -> str:
         "How messages name row `i`: the file, `line N` (.jsonl) or `row N` (.json), and the row's id if it has one."
@@ -293,16 +276,21 @@ class LlavaDataset(Dataset):
         return pad_to_square(im, self.processor.image_mean_colour) if self.pad_square else im
 
     def example(self, i: int) -> dict:
-        "Row `i` as a training example; raises `BadRow`."
-        row = self.row(i)
-        paths = self.image_paths(i, row)
-        turns = self.turns(i, row, len(paths))
-        try: ids, labels, dropped = encode_conversation(turns, self.processor, self.template, self.max_length)
-        except ValueError as e: raise BadRow(f"{self.where(i, row)}: {e}") from e
-        images = [self.load_image(i, row, p) for p in paths]
-        prompt = text_tower_prompt(self.raw_turns(i, row))
-        return dict(index=i, id=row.get("id", i), input_ids=ids, labels=labels, images=images, prompt=prompt,
-                    turns_dropped=dropped)
+        "Sample `i` as a training example (a row, or a row up to one of its replies); raises `BadRow`."
+        r, reply = self.sample_row(i)
+        row = self.row(r)
+        paths = self.image_paths(r, row)
+        turns, raw = self.turns(r, row, len(paths)), self.raw_turns(r, row)
+        if reply is not None:  # the conversation up to this reply, which alone is learnt, its question in the text tower
+            turns, raw = turns[:2 * reply + 2], raw[:2 * reply + 2]
+            paths = paths[:sum(t.count(IMAGE_TOKEN) for _, t in turns)]
+        try: ids, labels, dropped = encode_conversation(turns, self.processor, self.template, self.max_length, reply is not None)
+        except ValueError as e: raise BadRow(f"{self.where(r, row)}: {e}") from e
+        images = [self.load_image(r, row, p) for p in paths]
+        replies = [m for role, m in raw if role == "gpt"]
+        return dict(index=i, id=row.get("id", r), input_ids=ids, labels=labels, images=images, turns_dropped=dropped,
+                    prompt=self.processor.text_tower_prompt(raw),  # by the processor's rule
+                    replies=replies[-1:] if reply is not None else replies[:len(replies) - dropped // 2], where=self.where(r, row))
 
     def __getitem__(self, i: int):
         try: return self.example(i)
@@ -326,7 +314,7 @@ class LlavaDataset(Dataset):
     def modality_lengths(self) -> list[int]:
         "Approximate length of every row (words + image slots), positive with images, negative without (no tokenising); 1 for a malformed row (skipped when visited)."
         out = []
-        for i in range(len(self)):
+        for i in range(len(self.numbers)):
             try:
                 row = self.row(i)
                 n_img = len(image_names(row))
@@ -335,7 +323,7 @@ class LlavaDataset(Dataset):
             words = sum(len(t["value"].split()) for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str)) \
                 if isinstance(conv, list) else 0
             out.append(words + n_img * self.processor.tokens_per_image if n_img else -max(words, 1))
-        return out
+        return out if self.samples is None else [out[r] for r, _ in self.samples]
 
 # %% ../nbs/07_data.ipynb #c019
 @dataclass
@@ -394,13 +382,12 @@ def preflight(ds: LlavaDataset, n: int = 16) -> dict:
         except BadRow as e: ds.bad_rows[i] = str(e); continue
         kept = [l for l in ex["labels"] if l != IGNORE_INDEX]
         if not kept:
-            raise ValueError(f"pre-flight: {ds.where(i, ds.row(i))} has no labelled token with template {ds.template!r}: "
+            raise ValueError(f"pre-flight: {ex['where']} has no labelled token with template {ds.template!r}: "
                              "the loss would be zero. The template does not match this tokenizer.")
-        replies = [m for r, m in ds.raw_turns(i, ds.row(i)) if r == "gpt"]
         decoded = tok.decode(kept, skip_special_tokens=True)
-        missing = [r for r in replies[:len(replies) - ex["turns_dropped"] // 2] if r.strip() not in decoded]
+        missing = [r for r in ex["replies"] if r.strip() not in decoded]  # the replies the sample learns
         if missing:
-            raise ValueError(f"pre-flight: {ds.where(i, ds.row(i))}: the labelled tokens read {decoded!r} but the replies "
+            raise ValueError(f"pre-flight: {ex['where']}: the labelled tokens read {decoded!r} but the replies "
                              f"include {missing[0]!r}: the template {ds.template!r} does not match this tokenizer")
         checked, labelled, total = checked + 1, labelled + len(kept), total + len(ex["labels"])
     if checked == 0: raise ValueError(f"pre-flight: none of the rows of {ds.path} is usable")

@@ -40,7 +40,7 @@ def run_demo(family: str = "clip", connector: str = "vmllm", steps: int = 30, ma
     return dict(family=family, connector=connector, parameters=sum(p.numel() for p in model.parameters()),
                 trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 input_tokens=n_prompt, image_tokens=model.tokens_per_image, first_loss=losses[0], last_loss=losses[-1],
-                generated=proc.decode(out[0, n_prompt:], skip_special_tokens=True), new_tokens=out.shape[1] - n_prompt,
+                generated=proc.decode(out[0, n_prompt:], skip_special_tokens=True).strip(), new_tokens=out.shape[1] - n_prompt,
                 seconds=time.perf_counter() - t0)
 
 # %% ../nbs/06_demo.ipynb #c007

@@ -8,8 +8,8 @@ import string
 import torch
 from PIL import Image
 from .core import IMAGE_TOKEN, progress as progress_bar
-from .data import images_to_front, open_rgb, pad_to_square, render_conversation
-from .processor import text_tower_prompt
+from .data import render_conversation
+from .processor import images_to_front, open_rgb
 
 # %% auto #0
 __all__ = ['with_image_placeholders', 'trained_template', 'build_prompt', 'context_length', 'open_image', 'answer',
@@ -36,16 +36,15 @@ def build_prompt(question: str, # the user's message; `<image>`s are prepended w
     turns = list(history or []) + [("human", with_image_placeholders(question, n_images, history))]
     text, _ = render_conversation(trained_template(processor, template), [(r, images_to_front(t)) for r, t in turns],
                                   processor.tokenizer, open_end=True)
-    return text, text_tower_prompt(turns)
+    return text, processor.text_tower_prompt(turns)  # by the rule the model was trained with
 
 def context_length(model) -> int:
     "How many tokens the model's LLM reads at most (`max_position_embeddings`; 2048 where the config does not say)."
     return getattr(model.config.text_config, "max_position_embeddings", None) or 2048
 
 def open_image(im, processor, pad_square: bool = True) -> Image.Image:
-    "A PIL image (from an image or a path) as training sees it: `open_rgb` (16-bit greyscale scaled, `ImageError` naming the file), padded to square."
-    im = open_rgb(im)
-    return pad_to_square(im, processor.image_mean_colour) if pad_square else im
+    "A PIL image (from an image or a path) as training sees it: `processor.training_image` (`open_rgb`, padded to square); `pad_square=False` keeps its shape."
+    return processor.training_image(im) if pad_square else open_rgb(im)
 
 @torch.no_grad()
 def answer(model, processor, items: list, # dicts with 'question' and optionally 'image' (PIL image or path)

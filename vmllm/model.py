@@ -21,7 +21,7 @@ from .processor import VmllmProcessor
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FILES', 'VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for', 'from_local_dirs',
-           'expand_image_tokens', 'diff_state_dicts', 'load_pretrained']
+           'expand_image_tokens', 'left_aligned', 'VmllmBackbone', 'diff_state_dicts', 'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -271,24 +271,58 @@ def prepare_inputs_for_generation(self: VmllmForCausalLM, *args, pixel_values=No
                       prompt_attention_mask=prompt_attention_mask)
     return inputs
 
+def left_aligned(input_ids: Tensor, attention_mask: Tensor | None, pad_token_id: int = 0) -> tuple[Tensor, Tensor | None, bool]:
+    "Rows padded on the right moved to the right edge (padding on the left), as a decoder generates; and whether anything moved."
+    if attention_mask is None or bool(attention_mask[:, -1].all()): return input_ids, attention_mask, False
+    ids, mask = torch.full_like(input_ids, pad_token_id), torch.zeros_like(attention_mask)
+    for i in range(input_ids.shape[0]):
+        real = input_ids[i][attention_mask[i].bool()]
+        ids[i, ids.shape[1] - len(real):], mask[i, mask.shape[1] - len(real):] = real, 1
+    return ids, mask, True
+
 @patch
 @torch.no_grad()
 def generate(self: VmllmForCausalLM, input_ids: Tensor | None = None, pixel_values: Tensor | None = None,
              attention_mask: Tensor | None = None, **kwargs):
-    """`GenerationMixin.generate`, after expanding LLaVA-style single image tokens; the output starts with the `input_ids`
-    given either way, so `out[:, input_ids.shape[1]:]` are the new tokens. The image token is never generated."""
+    """`GenerationMixin.generate`, after expanding LLaVA-style single image tokens and moving right padding to the left
+    (a batch padded for training generates as if padded for generation); the output starts with the `input_ids` given
+    either way, so `out[:, input_ids.shape[1]:]` are the new tokens. The image token is never generated."""
     kwargs.setdefault("suppress_tokens", [self.config.image_token_index])  # a placeholder, never a reply
-    expanded = False
+    given, changed = input_ids, False
     if input_ids is not None and pixel_values is not None:
-        given = input_ids
-        (input_ids, attention_mask, _), expanded = self._maybe_expand(input_ids, attention_mask, None, pixel_values.shape[0])
+        (input_ids, attention_mask, _), changed = self._maybe_expand(input_ids, attention_mask, None, pixel_values.shape[0])
+    if input_ids is not None:
+        input_ids, attention_mask, moved = left_aligned(input_ids, attention_mask, self.config.pad_token_id or 0)
+        changed = changed or moved
     out = super(VmllmForCausalLM, self).generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
-    if not expanded: return out
+    if not changed: return out
     seqs = out if isinstance(out, Tensor) else out.sequences
     seqs = torch.cat([given.to(seqs.device).repeat_interleave(seqs.shape[0] // given.shape[0], 0), seqs[:, input_ids.shape[1]:]], 1)
     if isinstance(out, Tensor): return seqs
     out.sequences = seqs
     return out
+
+# %% ../nbs/05_model.ipynb #c011r
+class VmllmBackbone:
+    "`model.base_model` of a vmllm model: images spliced into the embeddings, then the LLM's decoder without its head (`last_hidden_state`)."
+    def __init__(self, model): self._model = model
+    def __call__(self, input_ids: Tensor | None = None, pixel_values: Tensor | None = None, attention_mask: Tensor | None = None,
+                 position_ids: Tensor | None = None, prompt_input_ids: Tensor | None = None,
+                 prompt_attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None, **kwargs):
+        m = self._model
+        if inputs_embeds is None:
+            n_images = 0 if pixel_values is None else pixel_values.shape[0]
+            (input_ids, attention_mask, _), expanded = m._maybe_expand(input_ids, attention_mask, None, n_images)
+            if expanded: raise ValueError("give the processor's ids (one slot per image token): the labels are aligned to them")
+            inputs_embeds = m.embed(input_ids, pixel_values, prompt_input_ids, prompt_attention_mask)
+        return m.language_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                           **kwargs)
+    def __getattr__(self, name): return getattr(self._model.language_model.base_model, name)
+
+@patch(as_prop=True)
+def base_model(self: VmllmForCausalLM) -> VmllmBackbone:
+    "The model's body (`VmllmBackbone`): what `transformers` and TRL run before the LM head."
+    return VmllmBackbone(self)
 
 # %% ../nbs/05_model.ipynb #c011o
 @patch(cls_method=True)

@@ -5,15 +5,20 @@
 # %% ../nbs/04_processor.ipynb #c003
 from __future__ import annotations
 import json
+from dataclasses import dataclass
 from pathlib import Path
+import numpy as np
 import torch
+from fastcore.basics import patch
+from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, load_llm_tokenizer, require_files
 from .encoder import load_image_processor, pad_to_square, text_input_rule
 
 # %% auto #0
-__all__ = ['LLM_CHAT_TEMPLATE', 'text_tower_prompt', 'encode_text', 'pad_rows', 'chat_turns', 'chat_template_for',
-           'VmllmProcessor']
+__all__ = ['PROMPT_RULES', 'GENERATION_KWARGS', 'LLM_CHAT_TEMPLATE', 'images_to_front', 'encode_text', 'pad_rows', 'chat_turns',
+           'chat_template_for', 'text_tower_prompt', 'TurnMarkers', 'turn_markers', 'user_messages', 'ImageError',
+           'open_rgb', 'load_image_part', 'VmllmProcessor']
 
 # %% ../nbs/04_processor.ipynb #c005
 def _as_list(x) -> list: return [x] if isinstance(x, str) else list(x)
@@ -26,12 +31,14 @@ def _flatten_images(images, n_texts: int) -> list:
         return [im for per_text in images for im in per_text]
     return list(images)
 
-def text_tower_prompt(turns: list, # [(role, text)]: role 'human' or 'gpt', text as the data row has it
-                     ) -> str:
-    "What the text tower reads: every human turn, raw (`<image>` text kept), joined with nothing between, as the reference does."
-    return "".join(text for role, text in turns if role == "human")
+def images_to_front(text: str) -> str:
+    "A turn with `<image>` rewritten as LLaVA does: the image(s) first, each followed by a newline, then the rest, stripped."
+    n = text.count(IMAGE_TOKEN)
+    if not n: return text
+    return ((IMAGE_TOKEN + "\n") * n + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
 def encode_text(tokenizer, text: str, image_token: str = IMAGE_TOKEN, image_token_id: int | None = None,
+                add_special_tokens: bool = True, # False: no BOS, as `tokenizer(..., add_special_tokens=False)`
                ) -> tuple[list, list]:
     """Token ids of `text` and each token's (start, end) characters in it. As in LLaVA, the text between images is
     tokenised one chunk at a time and only the first chunk keeps its BOS, so a SentencePiece tokenizer starts each
@@ -41,25 +48,28 @@ def encode_text(tokenizer, text: str, image_token: str = IMAGE_TOKEN, image_toke
     ids, offsets, start, strip_bos = [], [], 0, None
     for k, chunk in enumerate(text.split(image_token)):
         if k:                                                     # the image that separated this chunk from the last
-            ids.append(image_token_id); offsets.append((start - len(image_token), start))
-        enc = tokenizer(chunk, return_offsets_mapping=True)
+            ids.append(image_token_id)
+            offsets.append((start - len(image_token), start))
+        enc = tokenizer(chunk, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
         chunk_ids, chunk_offsets = enc["input_ids"], enc["offset_mapping"]
-        if strip_bos is None: strip_bos = bool(chunk_ids) and chunk_ids[0] == tokenizer.bos_token_id
+        if strip_bos is None: strip_bos = bool(chunk_ids) and chunk_ids[0] == tokenizer.bos_token_id and add_special_tokens
         elif strip_bos: chunk_ids, chunk_offsets = chunk_ids[1:], chunk_offsets[1:]
         ids += chunk_ids
         offsets += [(start + a, start + b) for a, b in chunk_offsets]
         start += len(chunk) + len(image_token)
     return ids, offsets
 
-def pad_rows(rows: list, value: int, side: str = "right") -> dict:
+def pad_rows(rows: list, value: int, side: str = "right", length: int | None = None, # pad to this length (default: the longest row)
+            ) -> dict:
     "Pad lists of ids to one tensor on `side`, with the matching attention mask."
     if side not in ("left", "right"): raise ValueError(f"padding_side must be 'left' or 'right', not {side!r}")
-    n = max(len(r) for r in rows)
+    n = max([len(r) for r in rows] + [length or 0])
     ids = torch.full((len(rows), n), value, dtype=torch.long)
     mask = torch.zeros((len(rows), n), dtype=torch.long)
     for i, r in enumerate(rows):
         sl = slice(n - len(r), n) if side == "left" else slice(0, len(r))
-        ids[i, sl], mask[i, sl] = torch.tensor(r, dtype=torch.long), 1
+        ids[i, sl] = torch.tensor(r, dtype=torch.long)
+        mask[i, sl] = 1
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -90,7 +100,7 @@ def chat_turns(messages: list, # [{'role': 'user'|'assistant', 'content': str or
         turns.append((roles[role], _content_text(content, role)))
     return turns
 
-# Jinja: the same reading of a message, then `images_to_front` (vmllm.data), then the template's layout
+# Jinja: the same reading of a message, then `images_to_front`, then the template's layout
 _JINJA_MESSAGE = """{%- macro vmllm_text(message) -%}
 {%- if message['content'] is string -%}{%- set raw = message['content'] -%}
 {%- elif message['content'] is none -%}{%- set raw = '' -%}
@@ -111,21 +121,21 @@ _JINJA_MESSAGE = """{%- macro vmllm_text(message) -%}
 {%- if message['role'] not in ['user', 'assistant'] -%}{{ raise_exception("vmllm's templates take 'user' and 'assistant' messages, not " ~ message['role']) }}{%- endif -%}
 {%- endfor -%}
 """
-_JINJA = {
-"vicuna_v1": """{{- 'A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user\\'s questions. ' -}}
+# each reply sits in {% generation %}: the tokens training learns (`return_assistant_tokens_mask`, TRL's assistant_only_loss)
+_VICUNA = """{{- SYSTEM -}}
 {%- for message in messages -%}
 {%- set text = vmllm_text(message) -%}
 {%- if message['role'] == 'user' -%}{%- if text -%}{{ 'USER: ' ~ text ~ ' ' }}{%- else -%}{{ 'USER:' }}{%- endif -%}
-{%- else -%}{{ 'ASSISTANT:' }}{%- if text -%}{{ ' ' ~ text ~ eos_token }}{%- endif -%}
+{%- else -%}{{ 'ASSISTANT:' }}{%- if text -%}{% generation %}{{ ' ' ~ text ~ eos_token }}{% endgeneration %}{%- endif -%}
 {%- endif -%}
 {%- endfor -%}
-{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}""",
-}
+{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"""
 _LLAMA3 = """{{- BEGIN ~ '<|start_header_id|>system<|end_header_id|>\\n\\n' ~ SYSTEM ~ '<|eot_id|>' -}}
 {%- for message in messages -%}
 {%- set text = vmllm_text(message) -%}
 {{- '<|start_header_id|>' ~ message['role'] ~ '<|end_header_id|>\\n\\n' -}}
-{%- if text -%}{{ text ~ '<|eot_id|>' }}{%- endif -%}
+{%- if text and message['role'] == 'user' -%}{{ text ~ '<|eot_id|>' }}
+{%- elif text -%}{% generation %}{{ text ~ '<|eot_id|>' }}{% endgeneration %}{%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"""
 _PLAIN = """{%- if messages | length > 2 or (messages | length == 1 and not add_generation_prompt) -%}
@@ -133,12 +143,15 @@ _PLAIN = """{%- if messages | length > 2 or (messages | length == 1 and not add_
 {%- endif -%}
 {%- if vmllm_text(messages[0]).count('<image>') != 1 -%}{{ raise_exception("template 'plain' takes exactly one image") }}{%- endif -%}
 {{- '<image>' -}}
-{%- if messages | length > 1 -%}{{ vmllm_text(messages[1]) ~ '\\n' }}{%- endif -%}"""
+{%- if messages | length > 1 -%}{% generation %}{{ vmllm_text(messages[1]) ~ '\\n' }}{% endgeneration %}{%- endif -%}"""
 
-def chat_template_for(template: str) -> str:
+def chat_template_for(template: str, # one of the templates of `vmllm.data.render_conversation` but 'chat_template'
+                      system: str | None = None, # vicuna_v1 only: another system prompt ('' for none)
+                     ) -> str:
     "The Jinja chat template that renders chat messages as `render_conversation(template, chat_turns(messages))` does."
-    import json
-    layouts = {"vicuna_v1": _JINJA["vicuna_v1"], "plain": _PLAIN,
+    if system is not None and template != "vicuna_v1": raise ValueError("only vicuna_v1 takes another system prompt")
+    system = VICUNA_SYSTEM if system is None else system
+    layouts = {"vicuna_v1": _VICUNA.replace("SYSTEM", json.dumps(system + " " if system else "")), "plain": _PLAIN,
                "llama3": _LLAMA3.replace("BEGIN", json.dumps("<|begin_of_text|>")).replace("SYSTEM", json.dumps(VICUNA_SYSTEM)),
                "llama3_next": _LLAMA3.replace("BEGIN", '""').replace("SYSTEM", json.dumps(LLAMA3_SYSTEM))}
     if template not in layouts:
@@ -146,19 +159,137 @@ def chat_template_for(template: str) -> str:
                          "('chat_template' models use their tokenizer's own)")
     return _JINJA_MESSAGE + layouts[template]
 
-def _load_image(part: dict, colour: tuple):
-    "The image of an `image` content part (a PIL image under `image`, or a path/URL under `url`/`path`), RGB and padded to square as in training."
-    from transformers.image_utils import load_image
-    im = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
-    if im is None: raise ValueError("an image part of the conversation has no 'image', 'url' or 'path'")
-    return pad_to_square(load_image(im).convert("RGB"), colour)
 
+# %% ../nbs/04_processor.ipynb #c005q
+PROMPT_RULES = ("all_user_turns", "latest_user_turn")
+
+def text_tower_prompt(turns: list, # [(role, text)]: role 'human' or 'gpt', text as the data row has it
+                      rule: str = "all_user_turns", # one of PROMPT_RULES
+                     ) -> str:
+    """What the text tower reads for a conversation. `all_user_turns` (the reference's rule): every human turn, raw
+    (`<image>` text kept), joined with nothing between. `latest_user_turn`: the last human turn alone, with the
+    conversation's `<image>`s in front when it holds none, so a later question reads as a first one does."""
+    users = [text for role, text in turns if role == "human"]
+    if rule == "all_user_turns": return "".join(users)
+    if rule != "latest_user_turn": raise ValueError(f"unknown prompt rule {rule!r}: use one of {', '.join(PROMPT_RULES)}")
+    if not users: return ""
+    n_images = sum(t.count(IMAGE_TOKEN) for t in users)
+    latest = users[-1]
+    if IMAGE_TOKEN in latest or n_images == 0: return latest
+    return (IMAGE_TOKEN + "\n") * n_images + latest
+
+# %% ../nbs/04_processor.ipynb #c005m
+@dataclass(frozen=True)
+class TurnMarkers:
+    "The text a chat template writes around the messages, read off probe conversations (`turn_markers`)."
+    user_start: str | None # just before every user message (None: the template cannot be read back, e.g. 'plain')
+    user_end: str | None # just after a user message, where the generation prompt or the reply begins
+    reply_prefix: str # between the generation prompt and a reply's text
+    reply_end: str # after a reply's text (EOS, `<|eot_id|>`, a newline for 'plain')
+
+_PROBE_USER, _PROBE_REPLY, _PROBE_USER2 = "vmllmprobeuserone", "vmllmprobereply", "vmllmprobeusertwo"
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]: n += 1
+    return a[:n]
+
+def _common_suffix(a: str, b: str) -> str: return _common_prefix(a[::-1], b[::-1])[::-1]
+
+def _reply_form(render) -> tuple[str, str]:
+    "(reply_prefix, reply_end): what rendering a reply adds around its text, after the generation prompt."
+    user = [{"role": "user", "content": IMAGE_TOKEN + "\n" + _PROBE_USER}]
+    asked = render(user, True)
+    answered = render(user + [{"role": "assistant", "content": _PROBE_REPLY}], False)
+    if not answered.startswith(asked) or answered.count(_PROBE_REPLY) != 1:
+        raise ValueError("the chat template re-renders earlier turns: a reply cannot be appended to a prompt")
+    prefix, end = answered[len(asked):].split(_PROBE_REPLY)
+    return prefix, end
+
+def _user_markers(render) -> tuple[str | None, str | None]:
+    "(user_start, user_end) of a template, or (None, None) if it does not render a text-only three-message probe."
+    u1, a1, u2 = [{"role": r, "content": c} for r, c in (("user", _PROBE_USER), ("assistant", _PROBE_REPLY), ("user", _PROBE_USER2))]
+    try: three, one, two = render([u1, a1, u2], True), render([u1], True), render([u1, a1], False)
+    except Exception: return None, None  # e.g. 'plain', which takes one (image, caption) pair
+    if any(t.count(p) != 1 for t, p in ((three, _PROBE_USER), (three, _PROBE_REPLY), (three, _PROBE_USER2), (one, _PROBE_USER))):
+        return None, None
+    head = three[:three.index(_PROBE_USER)]
+    between = three[three.index(_PROBE_REPLY) + len(_PROBE_REPLY):three.index(_PROBE_USER2)]
+    after_one = one[one.index(_PROBE_USER) + len(_PROBE_USER):]
+    after_two = two[two.index(_PROBE_USER) + len(_PROBE_USER):two.index(_PROBE_REPLY)]
+    start, end = _common_suffix(head, between), _common_prefix(after_one, after_two)
+    return (start, end) if start and end else (None, None)
+
+_MARKERS = {}
+
+def turn_markers(render, # `render(messages, add_generation_prompt) -> str`, with the template and special tokens fixed
+                 key=None) -> TurnMarkers: # a cache key for this template and tokenizer
+    "The markers of a chat template, read by rendering probe conversations (cached under `key`)."
+    if key is not None and key in _MARKERS: return _MARKERS[key]
+    try: prefix, end = _reply_form(render)
+    except Exception: prefix, end = None, None
+    start, user_end = _user_markers(render)
+    m = TurnMarkers(start, user_end, prefix, end)
+    if key is not None: _MARKERS[key] = m
+    return m
+
+def user_messages(text: str, markers: TurnMarkers) -> list[str] | None:
+    "The user messages of a conversation rendered by the template of `markers`; None when `text` holds none of its markers."
+    if not markers.user_start or markers.user_start not in text: return None
+    out, pos = [], 0
+    while (i := text.find(markers.user_start, pos)) >= 0:
+        begin = i + len(markers.user_start)
+        end = text.find(markers.user_end, begin)
+        out.append(text[begin:end if end >= 0 else len(text)])
+        if end < 0: break
+        pos = end + len(markers.user_end)
+    return out
+
+# %% ../nbs/04_processor.ipynb #c005i
+class ImageError(ValueError):
+    "An image that cannot be used; the message names the file and why."
+
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    "High-bit-depth greyscale as 8-bit 'L': integer modes (I;16*, I) as 16-bit values (65535 -> 255), 'F' from [0, 1] (or [0, 255] if larger)."
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F": a = a * 255 if a.size and np.nanmax(a) <= 1 else a
+    else: a = a / 257
+    return Image.fromarray(np.clip(np.round(np.nan_to_num(a)), 0, 255).astype(np.uint8))
+
+def open_rgb(src) -> Image.Image:
+    "`src` (a path, a PIL image or an HxWxC uint8 array) as an RGB image, high-bit-depth greyscale scaled to 8 bits; `ImageError` naming the file."
+    rgb = lambda im: (_to_8bit(im) if im.mode.startswith("I") or im.mode == "F" else im).convert("RGB")
+    if isinstance(src, np.ndarray): src = Image.fromarray(src)
+    if not isinstance(src, (Image.Image, str, Path)):
+        raise ImageError(f"cannot read image {type(src).__name__}: give a PIL image, a path or a uint8 array")
+    try:
+        if isinstance(src, Image.Image): return rgb(src)
+        with Image.open(src) as f: return rgb(f)
+    except _IMAGE_ERRORS as e:
+        name, why = "(in memory)" if isinstance(src, Image.Image) else src, getattr(e, "strerror", None) or e
+        raise ImageError(f"cannot read image {name}: {e.__class__.__name__}: {why}") from e
+
+def load_image_part(part: dict) -> Image.Image:
+    "The RGB image of a chat message's `image` part: a PIL image under `image`, a path under `path`/`url`/`image`, or a URL."
+    src = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
+    if src is None: raise ValueError("an image part of the conversation has no 'image', 'url' or 'path'")
+    if isinstance(src, str) and src.startswith(("http://", "https://", "data:")):
+        from transformers.image_utils import load_image
+        src = load_image(src)
+    return open_rgb(src)
 
 # %% ../nbs/04_processor.ipynb #c005e
+GENERATION_KWARGS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "max_new_tokens", "min_new_tokens", "num_beams",
+                     "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size", "length_penalty", "stop_strings",
+                     "streamer", "generation_config", "use_cache", "eos_token_id", "pad_token_id", "suppress_tokens")
+
 class VmllmProcessor(ProcessorMixin):
     "Tokenizer, encoder tokenizer and image processor of a vmllm model, behind one call: a `transformers` processor."
     config_name = "vmllm_processor.json"  # the settings file; checkpoints older than `processor_config.json` have only this
-    _settings = ("tokens_per_image", "family", "text_max_length", "image_token", "reference_quirks", "template")
+    _settings = ("tokens_per_image", "family", "text_max_length", "image_token", "reference_quirks", "template",
+                 "prompt_rule", "pad_square")
     def __init__(self, tokenizer, # the LLM's tokenizer; it must know `image_token`
                  encoder_tokenizer, # the text tower's tokenizer (CLIP's or SigLIP's)
                  image_processor, # the vision tower's image processor
@@ -168,11 +299,14 @@ class VmllmProcessor(ProcessorMixin):
                  image_token: str = IMAGE_TOKEN,
                  reference_quirks: bool = True, # prompts padded as the reference pads them (see `text_input_rule`)
                  template: str | None = "vicuna_v1", # conversation template the model was trained with (`chat_template_for`)
-                 chat_template: str | None = None): # Jinja chat template; default: `template`'s
+                 chat_template: str | None = None, # Jinja chat template; default: `template`'s
+                 prompt_rule: str = "all_user_turns", # how a conversation becomes the text tower's prompt (`text_tower_prompt`)
+                 pad_square: bool = True): # images padded to square with the mean colour before resizing (LLaVA-1.5)
         if chat_template is None and template is not None: chat_template = chat_template_for(template)
         super().__init__(tokenizer, encoder_tokenizer, image_processor, chat_template=chat_template)
+        if prompt_rule not in PROMPT_RULES: raise ValueError(f"unknown prompt_rule {prompt_rule!r}: use one of {', '.join(PROMPT_RULES)}")
         self.tokens_per_image, self.family, self.text_max_length = tokens_per_image, family, text_max_length
-        self.reference_quirks, self.template = reference_quirks, template
+        self.reference_quirks, self.template, self.prompt_rule, self.pad_square = reference_quirks, template, prompt_rule, pad_square
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -184,130 +318,285 @@ class VmllmProcessor(ProcessorMixin):
         if "tokenizer" in argument_name and callable(argument) and hasattr(argument, "convert_tokens_to_ids"): return type(argument)
         return super().check_argument_for_proper_class(argument_name, argument)
 
-    def expand_images(self, ids: list, labels: list) -> tuple[list, list]:
-        "Repeat each image token `tokens_per_image` times; image slots are never labelled."
-        out_ids, out_labels = [], []
-        for i, l in zip(ids, labels):
-            k = self.tokens_per_image if i == self.image_token_id else 1
-            out_ids += [i] * k
-            out_labels += [IGNORE_INDEX if i == self.image_token_id else l] * k
-        return out_ids, out_labels
-
-    def encode(self, text: str) -> tuple[list, list]:
-        "Ids of `text` (one image token per `<image>`) and their character offsets, by `encode_text`."
-        return encode_text(self.tokenizer, text, self.image_token, self.image_token_id)
-
-    def tokenize(self, text: str, answer: str | None = None) -> tuple[list, list]:
-        "Ids of `text` (+ `answer` and EOS) with images expanded, and labels that keep only the answer."
-        ids = self.encode(text)[0]
-        labels = [IGNORE_INDEX] * len(ids)
-        if answer is not None:
-            ans = self.tokenizer(answer, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
-            ids, labels = ids + ans, labels + ans
-        return self.expand_images(ids, labels)
-
-    def pixel_values(self, images: list):
-        "`[n_images, 3, H, W]` from PIL images."
-        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-
-    def prompt_inputs(self, prompts: list) -> dict:
-        "Prompts tokenised for the text tower, padded and truncated by the family's rule."
-        padding, _ = text_input_rule(self.family, self.reference_quirks)
-        enc = self.encoder_tokenizer(prompts, padding=padding, truncation=True,
-                                     max_length=self.text_max_length, return_tensors="pt")
-        return {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"]}
+    @property
+    def model_input_names(self) -> list:
+        return ["input_ids", "attention_mask", "pixel_values", "prompt_input_ids", "prompt_attention_mask"]
 
     @property
     def image_mean_colour(self) -> tuple:
         "The processor's mean colour as 0-255 RGB: what LLaVA pads images to square with."
         return tuple(int(255 * m) for m in self.image_processor.image_mean)  # truncated, as LLaVA does
 
-    @property
-    def model_input_names(self) -> list:
-        return ["input_ids", "attention_mask", "pixel_values", "prompt_input_ids", "prompt_attention_mask"]
-
-    def __call__(self, text=None, # one string or a list: the LLM input, with `<image>` where images go
-                 images=None, # PIL images in order of appearance, flat or one list per text
-                 prompts=None, # text for the text tower (default: `text`); vMLLM uses `text_tower_prompt(turns)`
-                 answers=None, # targets for training: appended to `text`, the only labelled tokens
-                 padding_side: str = "right", # 'left' for batched generation
-                 return_tensors: str | None = "pt", # 'pt', or None for lists
-                 padding: bool | str = True, # True/'longest' pads rows to the longest; False/'do_not_pad' needs equal lengths
-                 **kwargs) -> BatchFeature:
-        if kwargs: raise TypeError(f"VmllmProcessor got unexpected arguments {sorted(kwargs)}")
-        if text is None: raise ValueError("VmllmProcessor needs text (with one <image> per image)")
-        if return_tensors not in ("pt", None): raise ValueError(f"return_tensors={return_tensors!r}: VmllmProcessor returns 'pt' tensors or lists (None)")
-        if padding not in (True, False, "longest", "do_not_pad"):
-            raise ValueError(f"padding={padding!r}: use True/'longest' or False/'do_not_pad'")
-        texts = _as_list(text)
-        images = _flatten_images(images, len(texts))
-        n_placeholders = sum(t.count(self.image_token) for t in texts)
-        if n_placeholders != len(images):
-            raise ValueError(f"{n_placeholders} {self.image_token} placeholders in the text but {len(images)} images")
-        answers = [None] * len(texts) if answers is None else _as_list(answers)
-        if len(answers) != len(texts): raise ValueError(f"{len(texts)} texts but {len(answers)} answers")
-        prompts = texts if prompts is None else _as_list(prompts)
-        if len(prompts) != len(texts): raise ValueError(f"{len(texts)} texts but {len(prompts)} prompts")
-        rows = [self.tokenize(t, a) for t, a in zip(texts, answers)]
-        if padding in (False, "do_not_pad") and len({len(r[0]) for r in rows}) > 1:
-            raise ValueError(f"the texts tokenise to {sorted({len(r[0]) for r in rows})} tokens: pass padding=True")
-        out = pad_rows([r[0] for r in rows], self.tokenizer.pad_token_id, padding_side)
-        if answers[0] is not None: out["labels"] = pad_rows([r[1] for r in rows], IGNORE_INDEX, padding_side)["input_ids"]
-        if images: out["pixel_values"] = self.pixel_values(images)
-        out.update(self.prompt_inputs(prompts))
-        if return_tensors is None: out = {k: v.tolist() for k, v in out.items()}
-        return BatchFeature(out)
-
-    def apply_chat_template(self, conversation, # messages, or a list of conversations
-                            chat_template: str | None = None, add_generation_prompt: bool = False,
-                            tokenize: bool = False, return_dict: bool = False, return_tensors: str | None = "pt",
-                            processor_kwargs: dict | None = None, **kwargs):
-        """The conversation rendered by the chat template; with `tokenize=True`, the processor's output for it, the
-        text tower reading `text_tower_prompt(chat_turns(messages))`. Images come from the `image` parts
-        (`image`, `url` or `path`)."""
-        text = super().apply_chat_template(conversation, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
-                                           tokenize=False, **kwargs)
-        if not tokenize: return text
-        convs, batched = self._normalize_conversations(conversation)
-        images = [[_load_image(part, self.image_mean_colour) for m in c if isinstance(m.get("content"), list)
-                   for part in m["content"] if isinstance(part, dict) and part.get("type") == "image"] for c in convs]
-        prompts = [text_tower_prompt(chat_turns(c)) for c in convs]
-        kw = {k: v for k, v in (processor_kwargs or {}).items() if k not in ("add_special_tokens",)}
-        out = self(text if batched else [text], images=images if any(images) else None, prompts=prompts,
-                   return_tensors=return_tensors if return_tensors != "auto" else "pt", **kw)
-        return out if return_dict else out["input_ids"]
-
     def decode(self, ids, **kwargs) -> str: return self.tokenizer.decode(ids, **kwargs)
     def batch_decode(self, ids, **kwargs) -> list: return self.tokenizer.batch_decode(ids, **kwargs)
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs) -> list:
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
-    def save_pretrained(self, path, **kwargs):
-        "Save the tokenizers, the image processor, the settings (`processor_config.json`, `vmllm_processor.json`) and `chat_template.jinja`."
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        own = getattr(self.tokenizer, "chat_template", None)  # the LLM tokenizer's own template ('chat_template' training uses it)
-        files = super().save_pretrained(path, **kwargs)
-        if own and own != self.chat_template: (path / LLM_CHAT_TEMPLATE).write_text(own, encoding="utf-8")
-        self.image_processor.save_pretrained(path)
-        (path / self.config_name).write_text(json.dumps({k: getattr(self, k) for k in self._settings if k != "template"}, indent=2))
-        return files
 
-    @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        "Load a processor saved by `save_pretrained` (or by vmllm before it was a `ProcessorMixin`) from local directory `path`."
-        path = require_files(path, "processor_config.json|" + cls.config_name, "tokenizer_config.json",
-                             "encoder_tokenizer/tokenizer_config.json", "preprocessor_config.json", what="processor")
-        cfg = {}
-        for name in (cls.config_name, "processor_config.json"):  # the newer file wins
-            if (path / name).is_file(): cfg.update(json.loads((path / name).read_text()))
-        cfg = {k: cfg[k] for k in cls._settings if k in cfg}
-        tpl = path / "chat_template.jinja"
-        if tpl.is_file(): cfg["chat_template"] = tpl.read_text(encoding="utf-8")
-        tok = load_llm_tokenizer(path)  # it reads chat_template.jinja, the processor's: its own is kept beside it
-        if (path / LLM_CHAT_TEMPLATE).is_file(): tok.chat_template = (path / LLM_CHAT_TEMPLATE).read_text(encoding="utf-8")
-        return cls(tok,
-                   AutoTokenizer.from_pretrained(path / "encoder_tokenizer", local_files_only=True),
-                   load_image_processor(path, cfg["family"]), **cfg)
+# %% ../nbs/04_processor.ipynb #c005f
+@patch
+def render(self: VmllmProcessor, messages: list, # chat messages, string or typed content
+           add_generation_prompt: bool = False, chat_template: str | None = None, # default: the processor's
+           continue_final_message: bool = False, **template_kwargs) -> str:
+    "One conversation through the chat template, each message's content first read as a data row holds it (`chat_turns`, `images_to_front`)."
+    msgs = [{"role": {"human": "user", "gpt": "assistant"}[r], "content": images_to_front(t)} for r, t in chat_turns(messages)]
+    template = chat_template or self.chat_template
+    if template is None: raise ValueError("this processor has no chat template: pass chat_template=")
+    return self.tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                              continue_final_message=continue_final_message, **template_kwargs)
 
+@patch(as_prop=True)
+def markers(self: VmllmProcessor) -> TurnMarkers:
+    "The processor's chat template's markers (`turn_markers`)."
+    tok = self.tokenizer
+    return turn_markers(lambda m, gen: self.render(m, gen), key=(self.chat_template, tok.bos_token, tok.eos_token))
+
+@patch
+def text_tower_prompt(self: VmllmProcessor, turns: list) -> str:
+    "The text tower's prompt for `(role, text)` turns, by the rule the model was trained with (`prompt_rule`)."
+    return text_tower_prompt(turns, self.prompt_rule)
+
+@patch
+def prompt_of_text(self: VmllmProcessor, text: str) -> str:
+    """The text tower's prompt for an LLM text: its user messages read back through the chat template's markers, or
+    the whole text as the one user message when it is not in the template's layout (e.g. a bare question)."""
+    users = user_messages(text, self.markers)
+    return self.text_tower_prompt([("human", u) for u in (users if users is not None else [text])])
+
+@patch
+def reply_text(self: VmllmProcessor, answer: str) -> str:
+    "`answer` as the chat template renders a reply after the generation prompt (Vicuna: `' ' + answer + '</s>'`)."
+    m = self.markers
+    if m.reply_prefix is None: return answer + self.tokenizer.eos_token
+    return m.reply_prefix + answer + m.reply_end
+
+# %% ../nbs/04_processor.ipynb #c005g
+@patch
+def expand_images(self: VmllmProcessor, ids: list, labels: list) -> tuple[list, list]:
+    "Repeat each image token `tokens_per_image` times; image slots are never labelled."
+    out_ids, out_labels = [], []
+    for i, l in zip(ids, labels):
+        k = self.tokens_per_image if i == self.image_token_id else 1
+        out_ids += [i] * k
+        out_labels += [IGNORE_INDEX if i == self.image_token_id else l] * k
+    return out_ids, out_labels
+
+@patch
+def encode(self: VmllmProcessor, text: str, add_special_tokens: bool = True) -> tuple[list, list]:
+    "Ids of `text` (one image token per `<image>`) and their character offsets, by `encode_text`."
+    return encode_text(self.tokenizer, text, self.image_token, self.image_token_id, add_special_tokens)
+
+@patch
+def tokenize(self: VmllmProcessor, text: str, answer: str | None = None, # appended as a reply (`reply_text`), the part to learn
+             spans: tuple = (), # (start, end) characters of `text` to learn as well (replies inside it)
+             add_special_tokens: bool = True) -> tuple[list, list]:
+    "Ids of `text` (+ the reply `answer`) with images expanded, and labels that keep only the tokens inside a reply."
+    spans = list(spans)
+    if answer is not None:
+        reply = self.reply_text(answer)
+        spans.append((len(text), len(text) + len(reply)))
+        text = text + reply
+    ids, offsets = self.encode(text, add_special_tokens)
+    inside = lambda a, b: b > a and any(s <= a and b <= e for s, e in spans)  # a token straddling a span's edge is not learnt
+    return self.expand_images(ids, [i if inside(a, b) else IGNORE_INDEX for i, (a, b) in zip(ids, offsets)])
+
+@patch
+def pixel_values(self: VmllmProcessor, images: list):
+    "`[n_images, 3, H, W]` from PIL images, as they are (no padding: `training_image` does that)."
+    return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+@patch
+def training_image(self: VmllmProcessor, image) -> Image.Image:
+    "An image (PIL, path or array) as training sees it: RGB (`open_rgb`), padded to square with the mean colour if `pad_square`."
+    im = open_rgb(image)
+    return pad_to_square(im, self.image_mean_colour) if self.pad_square else im
+
+@patch
+def prompt_inputs(self: VmllmProcessor, prompts: list) -> dict:
+    "Prompts tokenised for the text tower, padded and truncated by the family's rule."
+    padding, _ = text_input_rule(self.family, self.reference_quirks)
+    enc = self.encoder_tokenizer(prompts, padding=padding, truncation=True, max_length=self.text_max_length, return_tensors="pt")
+    return {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"]}
+
+# %% ../nbs/04_processor.ipynb #c005h
+def _refuse_unknown(kwargs: dict, where: str):
+    "A clear `TypeError` for arguments the processor does not take; generation options say where they belong."
+    if not kwargs: return
+    gen = sorted(k for k in kwargs if k in GENERATION_KWARGS)
+    if gen: raise TypeError(f"{where} got {', '.join(gen)}: generation options go to model.generate(...) "
+                            f"(a pipeline takes them as generate_kwargs={{{gen[0]!r}: ...}} or max_new_tokens=)")
+    raise TypeError(f"{where} got unexpected arguments {sorted(kwargs)}")
+
+def _truncated(row: tuple, max_length: int, image_token_id: int, side: str, what: str) -> tuple:
+    "A row's (ids, labels) cut to `max_length` on `side`; `ValueError` if the cut would go through an image's slots."
+    ids, labels = row
+    if len(ids) <= max_length: return row
+    keep = slice(0, max_length) if side == "right" else slice(len(ids) - max_length, len(ids))
+    cut = ids[max_length:] if side == "right" else ids[:len(ids) - max_length]
+    if image_token_id in cut:
+        raise ValueError(f"{what} is {len(ids)} tokens: truncating it to max_length={max_length} would cut an image "
+                         "(its slots hold one image's features); raise max_length or shorten the text")
+    return ids[keep], labels[keep]
+
+@patch
+def _pack(self: VmllmProcessor, rows: list, images: list, prompts: list, labels: bool, padding=True, padding_side=None,
+          truncation=None, max_length=None, pad_to_multiple_of=None, return_tensors="pt") -> BatchFeature:
+    "Rows of (ids, labels) as a padded batch with pixel values and the text tower's prompt ids."
+    if return_tensors not in ("pt", None): raise ValueError(f"return_tensors={return_tensors!r}: VmllmProcessor returns 'pt' tensors or lists (None)")
+    if padding not in (True, False, "longest", "max_length", "do_not_pad"):
+        raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
+    side = padding_side or self.tokenizer.padding_side
+    if truncation not in (None, False, "do_not_truncate"):
+        limit = max_length or self.tokenizer.model_max_length
+        rows = [_truncated(r, limit, self.image_token_id, self.tokenizer.truncation_side, f"text {i}") for i, r in enumerate(rows)]
+    length = None
+    if padding == "max_length":
+        if max_length is None: raise ValueError("padding='max_length' needs max_length")
+        length = max_length
+    if padding in (False, "do_not_pad") and len({len(r[0]) for r in rows}) > 1:
+        raise ValueError(f"the texts tokenise to {sorted({len(r[0]) for r in rows})} tokens: pass padding=True")
+    if pad_to_multiple_of:
+        n = max([len(r[0]) for r in rows] + [length or 0])
+        length = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+    out = pad_rows([r[0] for r in rows], self.tokenizer.pad_token_id, side, length)
+    if labels: out["labels"] = pad_rows([r[1] for r in rows], IGNORE_INDEX, side, length)["input_ids"]
+    if images: out["pixel_values"] = self.pixel_values(images)
+    out.update(self.prompt_inputs(prompts))
+    if return_tensors is None: out = {k: v.tolist() for k, v in out.items()}
+    return BatchFeature(out)
+
+@patch
+def __call__(self: VmllmProcessor, text=None, # one string or a list: the LLM input, with `<image>` where images go
+             images=None, # images (PIL, paths or arrays) in order of appearance, flat or one list per text
+             prompts=None, # the text tower's prompt for each text; default: read from the text (`prompt_of_text`)
+             answers=None, # targets for training: each appended as the template renders a reply, the only labelled tokens
+             padding_side: str | None = None, # 'left' for batched generation (`generate` also left-aligns right padding); default: the tokenizer's
+             return_tensors: str | None = "pt", # 'pt', or None for lists
+             padding: bool | str = True, # True/'longest' pads rows to the longest; 'max_length' to max_length; False needs equal lengths
+             truncation: bool | str | None = None, # cut rows to max_length (never through an image)
+             max_length: int | None = None, pad_to_multiple_of: int | None = None,
+             add_special_tokens: bool = True, # False: no BOS, as for the tokenizer
+             **kwargs) -> BatchFeature:
+    _refuse_unknown(kwargs, "VmllmProcessor")
+    if text is None: raise ValueError("VmllmProcessor needs text (with one <image> per image)")
+    texts = _as_list(text)
+    images = [self.training_image(im) for im in _flatten_images(images, len(texts))]
+    n_placeholders = sum(t.count(self.image_token) for t in texts)
+    if n_placeholders != len(images):
+        raise ValueError(f"{n_placeholders} {self.image_token} placeholders in the text but {len(images)} images")
+    answers = [None] * len(texts) if answers is None else _as_list(answers)
+    if len(answers) != len(texts): raise ValueError(f"{len(texts)} texts but {len(answers)} answers")
+    prompts = [self.prompt_of_text(t) for t in texts] if prompts is None else _as_list(prompts)
+    if len(prompts) != len(texts): raise ValueError(f"{len(texts)} texts but {len(prompts)} prompts")
+    rows = [self.tokenize(t, a, add_special_tokens=add_special_tokens) for t, a in zip(texts, answers)]
+    return self._pack(rows, images, prompts, answers[0] is not None, padding, padding_side, truncation, max_length,
+                      pad_to_multiple_of, return_tensors)
+
+# %% ../nbs/04_processor.ipynb #c005j
+def _conversations(conversation) -> tuple[list, bool]:
+    "(list of conversations, whether several were given): one conversation is a list of messages."
+    if hasattr(conversation, "messages"): conversation = conversation.messages  # a `transformers` Chat
+    if not isinstance(conversation, (list, tuple)) or not conversation:
+        raise ValueError("apply_chat_template takes a conversation (a list of messages) or a list of conversations")
+    batched = isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
+    convs = [getattr(c, "messages", c) for c in conversation] if batched else [conversation]
+    return [list(c) for c in convs], batched
+
+def _part_images(messages: list) -> list:
+    "The images of a conversation's typed `image` parts, in order."
+    return [load_image_part(p) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), (list, tuple))
+            for p in m["content"] if isinstance(p, dict) and p.get("type") == "image"]
+
+def _images_per_conversation(convs: list, images, batched: bool) -> list:
+    "The images of each conversation: its image parts, or for `<image>` in string content, those given as `images=`."
+    given = [None] * len(convs) if images is None else ([images] if not batched else list(images))
+    if images is not None and not batched and not isinstance(images, (list, tuple)): given = [[images]]
+    if len(given) != len(convs): raise ValueError(f"{len(convs)} conversations but images for {len(given)}")
+    out = []
+    for i, (c, extra) in enumerate(zip(convs, given)):
+        parts = _part_images(c)
+        n = sum(t.count(IMAGE_TOKEN) for _, t in chat_turns(c))
+        extra = [] if extra is None else ([extra] if not isinstance(extra, (list, tuple)) else list(extra))
+        if parts and extra: raise ValueError(f"conversation {i} has image parts and images=: give its images one way")
+        ims = parts or extra
+        if len(ims) != n:
+            raise ValueError(f"conversation {i} places {n} image(s) but has {len(ims)}: give each image as a "
+                             "{'type': 'image', 'image': ...} part, or write <image> in the text and pass images=")
+        out.append(ims)
+    return out
+
+@patch
+def reply_spans(self: VmllmProcessor, messages: list, chat_template: str | None = None) -> list:
+    "(start, end) characters of each assistant reply in the rendered conversation: what a prefix of it adds after the generation prompt."
+    spans = []
+    for i, m in enumerate(messages):
+        if (m.get("role") if isinstance(m, dict) else getattr(m, "role", None)) != "assistant": continue
+        before = self.render(messages[:i], True, chat_template)
+        after = self.render(messages[:i + 1], False, chat_template)
+        if not after.startswith(before): raise ValueError("the chat template re-renders earlier turns; it cannot mark replies")
+        spans.append((len(before), len(after)))
+    return spans
+
+@patch
+def apply_chat_template(self: VmllmProcessor, conversation, # messages, or a list of conversations
+                        chat_template: str | None = None, add_generation_prompt: bool = False,
+                        tokenize: bool = False, return_dict: bool = False, return_tensors: str | None = "pt",
+                        return_assistant_tokens_mask: bool = False, # with tokenize: `assistant_masks`, 1 on the reply tokens training learns
+                        continue_final_message: bool = False,
+                        processor_kwargs: dict | None = None, # tokenizer options for the tokenized output (padding, truncation, ...)
+                        images=None, # images for `<image>` written in string content (typed image parts carry their own)
+                        **template_kwargs):
+    """The conversation rendered by the chat template; with `tokenize=True`, the processor's output for it: the text tower
+    reads `text_tower_prompt` of its turns, the images come from its `image` parts (`image`, `url` or `path`). The special
+    tokens are the template's, as in training: `add_special_tokens` in `processor_kwargs` is accepted and changes nothing."""
+    _refuse_unknown({k: v for k, v in template_kwargs.items() if k in GENERATION_KWARGS}, "apply_chat_template")
+    convs, batched = _conversations(conversation)
+    texts = [self.render(c, add_generation_prompt, chat_template, continue_final_message, **template_kwargs) for c in convs]
+    if not tokenize: return texts if batched else texts[0]
+    kw = dict(processor_kwargs or {})
+    kw.pop("add_special_tokens", None)
+    if "return_tensors" in kw: return_tensors = kw.pop("return_tensors")
+    _refuse_unknown({k: v for k, v in kw.items() if k not in ("padding", "padding_side", "truncation", "max_length", "pad_to_multiple_of")},
+                    "apply_chat_template's processor_kwargs")
+    ims = _images_per_conversation(convs, images, batched)
+    prompts = [self.text_tower_prompt(chat_turns(c)) for c in convs]
+    spans = [self.reply_spans(c, chat_template) if return_assistant_tokens_mask else () for c in convs]
+    rows = [self.tokenize(t, spans=s) for t, s in zip(texts, spans)]
+    flat = [self.training_image(im) for per in ims for im in per]
+    out = self._pack(rows, flat, prompts, return_assistant_tokens_mask, return_tensors=None if return_tensors is None else "pt",
+                     **{k: kw[k] for k in kw})
+    if return_assistant_tokens_mask:
+        labels = out.pop("labels")
+        out["assistant_masks"] = (labels != IGNORE_INDEX).long() if torch.is_tensor(labels) else [[int(l != IGNORE_INDEX) for l in r] for r in labels]
+    return out if return_dict else out["input_ids"]
+
+# %% ../nbs/04_processor.ipynb #c005l
 LLM_CHAT_TEMPLATE = "llm_chat_template.jinja"  # the LLM tokenizer's own chat template, where the processor's differs
 
+@patch
+def save_pretrained(self: VmllmProcessor, path, **kwargs):
+    "Save the tokenizers, the image processor, the settings (`processor_config.json`, `vmllm_processor.json`) and `chat_template.jinja`."
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    own = getattr(self.tokenizer, "chat_template", None)  # the LLM tokenizer's own template ('chat_template' training uses it)
+    files = ProcessorMixin.save_pretrained(self, path, **kwargs)
+    if own and own != self.chat_template: (path / LLM_CHAT_TEMPLATE).write_text(own, encoding="utf-8")
+    self.image_processor.save_pretrained(path)
+    (path / self.config_name).write_text(json.dumps({k: getattr(self, k) for k in self._settings if k != "template"}, indent=2))
+    return files
+
+@patch(cls_method=True)
+def from_pretrained(cls: VmllmProcessor, path, **kwargs):
+    "Load a processor saved by `save_pretrained` (or by vmllm before it was a `ProcessorMixin`) from local directory `path`."
+    path = require_files(path, "processor_config.json|" + cls.config_name, "tokenizer_config.json",
+                         "encoder_tokenizer/tokenizer_config.json", "preprocessor_config.json", what="processor")
+    cfg = {}
+    for name in (cls.config_name, "processor_config.json"):  # the newer file wins
+        if (path / name).is_file(): cfg.update(json.loads((path / name).read_text()))
+    cfg = {k: cfg[k] for k in cls._settings if k in cfg}
+    tpl = path / "chat_template.jinja"
+    if tpl.is_file(): cfg["chat_template"] = tpl.read_text(encoding="utf-8")
+    tok = load_llm_tokenizer(path)  # it reads chat_template.jinja, the processor's: its own is kept beside it
+    if (path / LLM_CHAT_TEMPLATE).is_file(): tok.chat_template = (path / LLM_CHAT_TEMPLATE).read_text(encoding="utf-8")
+    return cls(tok, AutoTokenizer.from_pretrained(path / "encoder_tokenizer", local_files_only=True),
+               load_image_processor(path, cfg["family"]), **cfg)

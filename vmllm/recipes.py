@@ -16,6 +16,7 @@ from .evaluate import evaluate
 from .connector import CONNECTORS
 from .data import TEMPLATES
 from .enhance import GATES, IMPLS, STREAMS
+from .processor import PROMPT_RULES
 from .core import require_files
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
@@ -28,8 +29,8 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs
 # %% auto #0
 __all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'RENAMED', 'NOT_OPTIONS', 'RUN_SAFE_TO_CHANGE', 'ModelOptions',
            'ToyDataOptions', 'PretrainOptions', 'StageOptions', 'RecipeOptions', 'check_section', 'check_recipe',
-           'merge', 'parse_sets', 'resolve', 'check_stage_options', 'stage_config', 'real_model', 'run_toy_model',
-           'check_resume_config', 'finished', 'run', 'vmllm_train']
+           'merge', 'parse_sets', 'resolve', 'check_stage_options', 'stage_config', 'with_prompt_rule', 'real_model',
+           'run_toy_model', 'check_resume_config', 'finished', 'run', 'vmllm_train']
 
 # %% ../nbs/13_recipes.ipynb #c006
 def _paper_preset(name: str) -> dict:
@@ -45,7 +46,8 @@ def _paper_preset(name: str) -> dict:
 PRESETS = {name: _paper_preset(name) for name in ENCODER_PRESETS}
 PRESETS["toy"] = dict(  # about 4 minutes on 2 CPU cores (benchmarks/toy_run.py)
     preset="toy", output_dir="runs/toy", stages=[0, 1, 2], seed=0, mixed_precision="no", threads=1,
-    model=dict(family="clip", mm_projector_type="vmllm", enhance_impl="fast", reference_quirks=True, image_size=32, patch_size=16,
+    model=dict(family="clip", mm_projector_type="vmllm", enhance_impl="fast", reference_quirks=True,
+               prompt_rule="latest_user_turn", image_size=32, patch_size=16,
                encoder_layers=6, encoder_width=64, llm_width=128, llm_layers=4, init=None),
     toy_data=dict(n_stage1=3000, n_stage2=24000, n_heldout=300, image_size=32, turns=[1, 1],
                   categories=dict(position=0.45, small=0.4, count=0.05, colour=0.04, size=0.03, shape=0.03)),
@@ -62,6 +64,7 @@ class ModelOptions:
     mm_projector_type: str = "vmllm" # one of CONNECTORS
     enhance_impl: str = "fast" # 'fast' or 'reference'
     reference_quirks: bool = True
+    prompt_rule: str = "all_user_turns" # how a conversation becomes the text tower's prompt (one of PROMPT_RULES)
     enhance_streams: list | None = None # ablations: a subset of STREAMS
     enhance_gates: list | None = None # ablations: a subset of GATES
     init: str | None = None # start from this model directory (no stage 0)
@@ -118,7 +121,7 @@ class RecipeOptions:
 
 SECTIONS = {"model": ModelOptions, "toy_data": ToyDataOptions, "stage0": PretrainOptions, "stage0_llm": PretrainOptions,
             "stage1": StageOptions, "stage2": StageOptions}
-CHOICES = {"mm_projector_type": CONNECTORS, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
+CHOICES = {"mm_projector_type": CONNECTORS, "prompt_rule": PROMPT_RULES, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
            "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16")}
 SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2)}  # toy_data.categories: `check_categories`
 RENAMED = {"connector": "mm_projector_type"}  # older recipe names
@@ -222,13 +225,20 @@ def stage_config(cfg: dict, stage: int, world: int = 1, require_data: bool = Tru
     return StageConfig(stage=stage, seed=cfg.get("seed", 0), **s)
 
 # %% ../nbs/13_recipes.ipynb #c011
+def with_prompt_rule(loaded: tuple, m: dict) -> tuple:
+    "(model, processor) with the processor reading prompts by the `model.prompt_rule` of the recipe, if it names one."
+    model, proc = loaded
+    if m.get("prompt_rule"): proc.prompt_rule = m["prompt_rule"]
+    return model, proc
+
 def real_model(m: dict, llm_dtype=torch.float32) -> tuple:
     "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm` (loaded in `llm_dtype`)."
-    if m.get("init"): return load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None)
+    if m.get("init"):
+        return with_prompt_rule(load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None), m)
     if not m.get("llm"): raise ValueError("no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH")
-    return from_local_dirs(m["vision_tower"], m["llm"], llm_dtype, mm_projector_type=m.get("mm_projector_type", "vmllm"),
+    return with_prompt_rule(from_local_dirs(m["vision_tower"], m["llm"], llm_dtype, mm_projector_type=m.get("mm_projector_type", "vmllm"),
                            enhance_impl=m.get("enhance_impl", "fast"), reference_quirks=m.get("reference_quirks", True),
-                           **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None})
+                           **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None}), m)
 
 # %% ../nbs/13_recipes.ipynb #c013
 def _accelerator(cfg: dict) -> Accelerator:
@@ -281,7 +291,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
     cfg["heldout"] = dict(questions=data["heldout"], image_folder=data["image_folder"])
     if m.get("init"):  # a model to start from: no stage 0
         if acc.is_main_process: print(f"starting from {m['init']}; stage 0 skipped")
-        return load_any(m["init"])
+        return with_prompt_rule(load_any(m["init"]), m)
     size = dict(image_size=m["image_size"], patch_size=m["patch_size"], encoder_layers=m["encoder_layers"],
                 encoder_width=m["encoder_width"], llm_width=m["llm_width"], llm_layers=m["llm_layers"])
     kw = dict(mm_projector_type=m["mm_projector_type"], seed=cfg["seed"], tokenizers=toks, enhance_impl=m["enhance_impl"],
@@ -303,7 +313,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
             if acc.is_main_process:
                 with atomic_dir(enc_dir) as tmp: encoder.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
                 times["0"] = _stage0_report("contrastive", t, losses, cfg["stage0"])
-    model, proc = tiny_vmllm(m["family"], encoder_model=encoder, **kw)
+    model, proc = with_prompt_rule(tiny_vmllm(m["family"], encoder_model=encoder, **kw), m)
     if 0 in cfg["stages"]:
         lm_dir = out / "stage0_llm"
         if resume and (lm_dir / "config.json").exists():

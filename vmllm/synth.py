@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from .core import IMAGE_TOKEN, build_tokenizer
 from .data import VICUNA_SYSTEM
+from .processor import chat_template_for
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'CATEGORIES', 'HELDOUT_CATEGORIES', 'TOY_CHAT_TEMPLATE', 'Thing',
@@ -197,9 +198,7 @@ def toy_corpus(data: dict) -> list[str]:
     texts = [t["value"].replace(IMAGE_TOKEN, "") for r in rows for t in r["conversations"]]
     return texts + [VICUNA_SYSTEM, "USER: ASSISTANT:"]
 
-TOY_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {{ m['content'] }} "
-                     "{% else %}ASSISTANT: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
-                     "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+TOY_CHAT_TEMPLATE = chat_template_for("vicuna_v1", system="")  # Vicuna's roles, no system prompt; reads typed content parts
 
 def toy_tokenizers(data: dict, vocab_size: int = 600):
     "(LLM tokenizer, text-tower tokenizer): byte-level BPE trained offline on the toy texts; the LLM's has `TOY_CHAT_TEMPLATE`."

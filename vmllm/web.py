@@ -37,7 +37,7 @@ def answer_stream(model, processor, question: str, image=None, # a PIL image or 
         yield text
     pictures = []
     if explain_dir is not None and image is not None and model.config.mm_projector_type == "vmllm":
-        pictures = explain_prediction(model, processor, image, question, explain_dir)
+        pictures = explain_prediction(model, processor, image, question, explain_dir, turns=chat.read_turns)
     yield dict(reply=value, turns=chat.turns, pictures=pictures)
 
 # %% ../nbs/17_web.ipynb #c010
