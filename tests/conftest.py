@@ -9,3 +9,17 @@ def tiny_checkpoint(folder, colour: str):
     model.save_pretrained(folder / "model"); proc.save_pretrained(folder / "model")
     Image.new("RGB", (40, 30), colour).save(folder / f"{colour}.png")
     return folder
+
+
+SHORT_TOY = ("toy_data.n_stage1=600 toy_data.n_stage2=3000 toy_data.n_heldout=60 stage0.steps=300 stage0_llm.steps=60 "
+             "stage1.epochs=1.0 stage2.epochs=1.0")
+
+
+def trained_toy(folder, sets: str = SHORT_TOY):
+    "A shortened run of the toy preset as shipped (its templates, prompt rule and data kinds), in `folder`; returns `folder`."
+    import os, subprocess, sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "vmllm.recipes", "--preset", "toy", "--output_dir", str(folder), "--set", sets],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return folder

@@ -540,7 +540,8 @@ def reply_spans(self: VmllmProcessor, messages: list, chat_template: str | None 
 @patch
 def apply_chat_template(self: VmllmProcessor, conversation, # messages, or a list of conversations
                         chat_template: str | None = None, add_generation_prompt: bool = False,
-                        tokenize: bool = False, return_dict: bool = False, return_tensors: str | None = "pt",
+                        tokenize: bool = False, return_dict: bool = False,
+                        return_tensors: str | None = None, # with tokenize: 'pt' for tensors; None gives lists, as `transformers` processors do
                         return_assistant_tokens_mask: bool = False, # with tokenize: `assistant_masks`, 1 on the reply tokens training learns
                         continue_final_message: bool = False,
                         processor_kwargs: dict | None = None, # tokenizer options for the tokenized output (padding, truncation, ...)

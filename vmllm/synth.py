@@ -13,8 +13,8 @@ from .data import VICUNA_SYSTEM
 from .processor import chat_template_for
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'CATEGORIES', 'HELDOUT_CATEGORIES', 'TOY_CHAT_TEMPLATE', 'Thing',
-           'random_scene', 'draw_scene', 'image_digest', 'caption', 'questions', 'check_categories', 'ask',
+__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'CATEGORIES', 'HELDOUT_CATEGORIES', 'MULTI_TURN', 'TOY_CHAT_TEMPLATE',
+           'Thing', 'random_scene', 'draw_scene', 'image_digest', 'caption', 'questions', 'check_categories', 'ask',
            'make_toy_data', 'training_digests', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
 
 # %% ../nbs/08_synth.ipynb #c006
@@ -136,14 +136,19 @@ def _heldout_rows(rng: random.Random, n: int, image_size: int, img_dir: Path, se
 
 def _write_jsonl(path: Path, rows: list[dict]): path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
+MULTI_TURN = (2, 3)  # questions of a multi-turn row (`make_toy_data(multi_turn=...)`)
+
 def make_toy_data(out_dir, # created if needed
                   n_stage1: int = 2000, n_stage2: int = 2000, n_heldout: int = 300,
                   image_size: int = 64, seed: int = 0,
                   turns: tuple = (2, 5), # fewest and most question turns of a stage-2 conversation
                   categories: dict | None = None, # weights of the question categories of stage 2 (see `ask`)
-                  heldout_seed: int | None = None) -> dict: # the held-out split's own random stream (default: `seed`)
+                  heldout_seed: int | None = None, # the held-out split's own random stream (default: `seed`)
+                  multi_turn: float = 0.0, # share of stage-2 image rows asked MULTI_TURN questions instead of `turns`
+                 ) -> dict:
     "Write images, stage1.json, stage2.json and heldout.jsonl under `out_dir`; return their paths and counts."
     check_categories(categories)
+    if not 0 <= multi_turn <= 1: raise ValueError(f"multi_turn={multi_turn!r}: a share of the rows, from 0 to 1")
     out = Path(out_dir); img_dir = out / "images"; img_dir.mkdir(parents=True, exist_ok=True)
     rng, seen = random.Random(seed), set()
     def new_image(name):
@@ -162,7 +167,8 @@ def make_toy_data(out_dir, # created if needed
             stage2.append({"id": f"s2_{i}", "conversations": _conv([(f"What is {a} plus {b}?", str(a + b))])})
             continue
         name = f"s2_{i:05d}.png"; things = new_image(name)
-        pairs = [(q, a) for _, q, a in ask(things, rng, turns, categories)]
+        several = multi_turn > 0 and rng.random() < multi_turn  # drawn only when asked: data made without it is unchanged
+        pairs = [(q, a) for _, q, a in ask(things, rng, MULTI_TURN if several else turns, categories)]
         pairs[0] = (f"{IMAGE_TOKEN}\n{pairs[0][0]}", pairs[0][1])
         stage2.append({"id": f"s2_{i}", "image": name, "conversations": _conv(pairs)})
     hseed = seed if heldout_seed is None else heldout_seed
@@ -173,7 +179,7 @@ def make_toy_data(out_dir, # created if needed
     paths["stage2"].write_text(json.dumps(stage2))
     _write_jsonl(paths["heldout"], heldout)
     manifest = dict(seed=seed, heldout_seed=hseed, image_size=image_size, n_stage1=n_stage1, n_stage2=n_stage2,
-                    n_heldout=n_heldout, turns=list(turns), categories=categories)
+                    n_heldout=n_heldout, turns=list(turns), categories=categories, multi_turn=multi_turn)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {**{k: str(v) for k, v in paths.items()}, **manifest}
 

@@ -24,14 +24,14 @@ from .processor import chat_template_for
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 
 # %% auto #0
-__all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora',
-           'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'CheckpointWriteError', 'atomic_dir', 'latest_checkpoint',
-           'trainable_state', 'save_optimizer', 'read_optimizer', 'fsdp_full_state', 'write_trained_state', 'rng_state',
-           'set_rng_state', 'deepspeed_safe_loading', 'save_checkpoint', 'load_checkpoint', 'data_fingerprint',
-           'changed_settings', 'plot_history', 'backend_of', 'configure_deepspeed', 'zero3_off', 'placeholder_batch',
-           'full_state_dict', 'merge_lora_state', 'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum',
-           'optimizer_step', 'record_step', 'save_final', 'train_stage', 'caption_pairs', 'train_contrastive',
-           'train_language_model']
+__all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'lora_targets',
+           'lora_config', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'CheckpointWriteError', 'atomic_dir',
+           'latest_checkpoint', 'trainable_state', 'save_optimizer', 'read_optimizer', 'fsdp_full_state',
+           'write_trained_state', 'rng_state', 'set_rng_state', 'deepspeed_safe_loading', 'save_checkpoint',
+           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'backend_of',
+           'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict', 'merge_lora_state',
+           'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step', 'record_step',
+           'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -86,6 +86,26 @@ def merge_lora(model):
     "Fold LoRA adapters into the LLM's weights (no-op without LoRA)."
     if hasattr(model.language_model, "merge_and_unload"): model.language_model = model.language_model.merge_and_unload()
     return model
+
+# %% ../nbs/10_train.ipynb #c008b
+def lora_targets(model, names=None, # suffixes such as ("q_proj", "v_proj"); None: every linear layer
+                 connector: bool = False) -> list[str]: # also the connector's linear layers
+    "Full names of the modules LoRA should adapt: the LLM's linear layers but its LM head (and the connector's)."
+    head = model.get_output_embeddings()
+    def wanted(name, module):
+        inside = name.startswith("language_model.") or (connector and name.startswith("mm_projector."))
+        named = names is None or any(name == n or name.endswith("." + n) for n in names)
+        return inside and named and isinstance(module, torch.nn.Linear) and module is not head
+    return [n for n, mod in model.named_modules() if wanted(n, mod)]
+
+def lora_config(model, r: int = 16, alpha: int = 32, target_modules=None, # as LoraConfig takes them: suffixes, or None for all linear
+                connector: bool = False, **kwargs):
+    "A `peft.LoraConfig` for `peft.get_peft_model(model, ...)` that adapts the LLM only (and the connector if asked), never the towers."
+    from peft import LoraConfig
+    if isinstance(target_modules, str): target_modules = None if target_modules == "all-linear" else [target_modules]
+    targets = lora_targets(model, target_modules, connector)
+    if not targets: raise ValueError(f"no linear layer of the LLM ends with any of {target_modules}")
+    return LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, task_type="CAUSAL_LM", **kwargs)
 
 # %% ../nbs/10_train.ipynb #c010
 def token_loss_sum(logits, labels):
