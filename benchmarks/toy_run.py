@@ -58,8 +58,26 @@ def main(argv=None):
         print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['scored']} questions: "
               + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in o["per_category"].items())
               + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")
+    print_later_turns(model, proc, out, rows)
     if model.config.mm_projector_type == "vmllm": print_gate_picks(model, proc, out, rows)
     if args.pictures: save_pictures(model, proc, out, rows, Path(args.pictures))
+
+FIRST_QUESTIONS = ("How many shapes are there?", "What colour is the shape at the top left?")
+
+def print_later_turns(model, proc, out: Path, rows: list, n: int = 100):
+    "Held-out accuracy of a question asked first, second (after a count question) and third (after a colour one too), in `Chat`."
+    from vmllm.chat import Chat
+    from vmllm.evaluate import is_correct
+    right = [0, 0, 0]
+    for r in rows[:n]:
+        for turn in range(3):
+            chat = Chat(model, proc, images=[out / "data" / "images" / r["image"]], max_new_tokens=16, temperature=0)
+            for q in FIRST_QUESTIONS[:turn]: chat.ask(q)
+            right[turn] += bool(is_correct(r, chat.ask(r["text"])))
+    asked = min(n, len(rows))
+    ratios = "".join(f"; turn {t + 1} / turn 1 = {right[t] / right[0]:.2f}" for t in (1, 2)) if right[0] else ""
+    print(f"held-out questions asked in later turns ({asked} questions, prompt rule {proc.prompt_rule}): "
+          + ", ".join(f"turn {t + 1} {k / asked:.2f}" for t, k in enumerate(right)) + ratios)
 
 def print_gate_picks(model, proc, out: Path, rows: list):
     "How often each gate is most open on the quadrant of the shape a held-out position question names (chance: 0.25 or more)."

@@ -8,9 +8,9 @@ import os
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from .data import images_to_front, render_conversation
+from .data import render_conversation
 from .infer import open_image, build_prompt, generate_replies, trained_template
-from .processor import chat_turns, text_tower_prompt
+from .processor import chat_turns, images_to_front
 
 try:  # lmms-eval is optional: the class below only works when it is installed
     from lmms_eval.api.model import lmms as _LMMSBase
@@ -62,7 +62,7 @@ def chat_request(messages: list, # lmms-eval `doc_to_messages` output: role/cont
     turns = chat_turns(hf)
     text, _ = render_conversation(trained_template(processor, template), [(r, images_to_front(t)) for r, t in turns],
                                   processor.tokenizer, open_end=True)
-    return (text, text_tower_prompt(turns)), images
+    return (text, processor.text_tower_prompt(turns)), images  # by the model's prompt rule
 
 def _gen_settings(gen_kwargs: dict) -> tuple[dict, list]:
     "(generate kwargs, stop strings) from an lmms-eval request's generation settings: greedy unless it asks otherwise."

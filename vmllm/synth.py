@@ -15,7 +15,7 @@ from .processor import chat_template_for
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'CATEGORIES', 'HELDOUT_CATEGORIES', 'MULTI_TURN', 'TOY_CHAT_TEMPLATE',
            'Thing', 'random_scene', 'draw_scene', 'image_digest', 'caption', 'questions', 'check_categories', 'ask',
-           'make_toy_data', 'training_digests', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
+           'position_last', 'make_toy_data', 'training_digests', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
 
 # %% ../nbs/08_synth.ipynb #c006
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
@@ -138,6 +138,13 @@ def _write_jsonl(path: Path, rows: list[dict]): path.write_text("\n".join(json.d
 
 MULTI_TURN = (2, 3)  # questions of a multi-turn row (`make_toy_data(multi_turn=...)`)
 
+def position_last(asked: list) -> list:
+    """A multi-turn row's questions with at most one position question, asked last. Each reply is learnt with the image
+    features its own question makes; an earlier "Where is ...?" answered in the context would name a shape the features
+    of the last question no longer point at."""
+    pos = [q for q in asked if q[0] == "position"]
+    return [q for q in asked if q[0] != "position"] + pos[:1]
+
 def make_toy_data(out_dir, # created if needed
                   n_stage1: int = 2000, n_stage2: int = 2000, n_heldout: int = 300,
                   image_size: int = 64, seed: int = 0,
@@ -168,7 +175,9 @@ def make_toy_data(out_dir, # created if needed
             continue
         name = f"s2_{i:05d}.png"; things = new_image(name)
         several = multi_turn > 0 and rng.random() < multi_turn  # drawn only when asked: data made without it is unchanged
-        pairs = [(q, a) for _, q, a in ask(things, rng, MULTI_TURN if several else turns, categories)]
+        asked = ask(things, rng, MULTI_TURN if several else turns, categories)
+        if several: asked = position_last(asked)
+        pairs = [(q, a) for _, q, a in asked]
         pairs[0] = (f"{IMAGE_TOKEN}\n{pairs[0][0]}", pairs[0][1])
         stage2.append({"id": f"s2_{i}", "image": name, "conversations": _conv(pairs)})
     hseed = seed if heldout_seed is None else heldout_seed
