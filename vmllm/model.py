@@ -5,9 +5,11 @@
 # %% ../nbs/05_model.ipynb #c003
 from __future__ import annotations
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 import torch
 from fastcore.basics import patch
+from safetensors import safe_open
 from torch import nn, Tensor
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
                           GenerationMixin, PretrainedConfig, PreTrainedModel)
@@ -20,8 +22,9 @@ from .connector import CONNECTORS, build_connector
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for', 'from_local_dirs',
-           'expand_image_tokens', 'left_aligned', 'VmllmBackbone', 'diff_state_dicts', 'load_pretrained']
+__all__ = ['FLOAT_DTYPES', 'CHECKPOINT_FILES', 'VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for',
+           'from_local_dirs', 'expand_image_tokens', 'left_aligned', 'refuse_bad_tensors', 'refuse_non_finite',
+           'stored_dtypes', 'VmllmBackbone', 'diff_state_dicts', 'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -302,6 +305,49 @@ def generate(self: VmllmForCausalLM, input_ids: Tensor | None = None, pixel_valu
     out.sequences = seqs
     return out
 
+# %% ../nbs/05_model.ipynb #5dd60a91
+def _listed(names, limit: int = 6) -> str:
+    "Up to `limit` names, then how many more."
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+def _allowed(name: str, patterns) -> bool:
+    "Whether `name` matches one of the glob `patterns` (a prefix ending in '.' matches everything under it)."
+    return any(fnmatch(name, p) or (p.endswith(".") and name.startswith(p)) for p in patterns)
+
+def refuse_bad_tensors(source, # the checkpoint, as the message names it
+                       missing=(), # names the model needs and the checkpoint lacks
+                       unexpected=(), # names the checkpoint holds and the model has no place for
+                       not_float=(), # names stored as integers or booleans where the model holds floats
+                       allow_missing=(), # glob patterns of names that may be missing (e.g. 'vision_tower.*' given separately)
+                      ) -> None:
+    "Raise one `ValueError` naming every tensor that would load as something other than what was trained."
+    missing = [k for k in missing if not _allowed(k, allow_missing)]
+    parts = [f"{what} {_listed(names)}" for what, names in (("missing:", missing), ("unexpected:", unexpected),
+                                                           ("not floating point:", not_float)) if names]
+    hint = ", or pass allow_missing=[patterns] for tensors you give separately" if missing else ""
+    if parts: raise ValueError(f"{source} is not a complete trained model ({'; '.join(parts)}): re-save it from the trained "
+                               f"model{hint}")
+
+def refuse_non_finite(model: nn.Module, source) -> None:
+    "Raise a `ValueError` naming the loaded parameters that hold NaN or infinity (meta and integer tensors are skipped)."
+    bad = [n for n, p in model.named_parameters()
+           if p.is_floating_point() and p.device.type != "meta" and not torch.isfinite(p).all()]
+    if bad: raise ValueError(f"{source} holds NaN or infinite values in {_listed(bad)}: the checkpoint is damaged "
+                             "(or its training diverged); load an earlier one")
+
+def stored_dtypes(path: Path) -> dict:
+    "{tensor name: dtype string} of a local safetensors checkpoint (single file or shards), read from the headers only."
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    out = {}
+    for f in files:
+        if not (path / f).is_file(): continue
+        with safe_open(path / f, "pt") as s: out.update({k: s.get_slice(k).get_dtype() for k in s.keys()})
+    return out
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
 # %% ../nbs/05_model.ipynb #c011r
 class VmllmBackbone:
     "`model.base_model` of a vmllm model: images spliced into the embeddings, then the LLM's decoder without its head (`last_hidden_state`)."
@@ -326,10 +372,12 @@ def base_model(self: VmllmForCausalLM) -> VmllmBackbone:
 
 # %% ../nbs/05_model.ipynb #c011o
 @patch(cls_method=True)
-def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args, vision_tower=None, **kwargs):
+def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args, vision_tower=None, allow_missing=(), **kwargs):
     """`PreTrainedModel.from_pretrained` (`dtype`, `device_map`, `quantization_config` as for any model; a quantized
     model keeps its towers, connector and LM head unquantized unless the config names its own skip list); a released
-    (LLaVA-layout) directory is recognised and converted on the fly by `vmllm.zoo.load_reference`."""
+    (LLaVA-layout) directory is recognised and converted on the fly by `vmllm.zoo.load_reference`. A checkpoint with
+    missing, unexpected, integer or non-finite trained tensors is refused by name (`allow_missing`: glob patterns of
+    names that may be missing)."""
     q = kwargs.get("quantization_config")
     if q is not None:
         if not torch.cuda.is_available():
@@ -343,7 +391,8 @@ def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args,
             if q is not None: raise ValueError(f"{p} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
                                                "then load the vmllm directory with quantization_config")
             if cls.released_loader is None: raise ImportError("released checkpoints are read by vmllm.zoo: import vmllm")
-            model = cls.released_loader(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))[0]
+            model = cls.released_loader(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")),
+                                        allow_missing=allow_missing)[0]
             device_map = kwargs.get("device_map")
             if isinstance(device_map, (str, torch.device)) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
                 model = model.to(device_map)
@@ -353,7 +402,15 @@ def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args,
                     model, kwargs.get("max_memory"), no_split_module_classes=list(model._no_split_modules))
                 model = dispatch_model(model, dm)
             return model
-    return super(VmllmForCausalLM, cls).from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = super(VmllmForCausalLM, cls).from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                               **kwargs)
+    stored = stored_dtypes(p) if p.is_dir() else {}
+    own = model.state_dict()
+    not_float = [k for k, dt in stored.items() if dt not in FLOAT_DTYPES and k in own and own[k].is_floating_point()]
+    refuse_bad_tensors(p, info["missing_keys"], info["unexpected_keys"], not_float, allow_missing)
+    refuse_non_finite(model, p)
+    return (model, info) if want_info else model
 
 # %% ../nbs/05_model.ipynb #c011p
 AutoConfig.register("vmllm", VmllmConfig, exist_ok=True)

@@ -13,7 +13,8 @@ from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
 from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files
 from .encoder import ENCODER_PRESETS, model_from_config, encoder_config, family_of, load_encoder_model
-from .model import VmllmConfig, VmllmForCausalLM, load_pretrained, processor_for
+from .model import (VmllmConfig, VmllmForCausalLM, _allowed, load_pretrained, processor_for, refuse_bad_tensors,
+                         refuse_non_finite)
 from .processor import VmllmProcessor
 
 # %% auto #0
@@ -209,8 +210,9 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
                    vision_tower=None, # local CLIP/SigLIP directory; needed when the checkpoint has no tower weights
                    reference_quirks: bool = True,
                    dtype=None, # e.g. torch.bfloat16; default: the dtype of the checkpoint's LLM weights
+                   allow_missing=(), # glob patterns of our tensor names that may be missing (left as initialised)
                   ) -> tuple[VmllmForCausalLM, VmllmProcessor]:
-    "Model and processor from a released checkpoint directory."
+    "Model and processor from a released checkpoint directory; missing, unexpected, integer or non-finite tensors are refused by name."
     p = require_files(path, "config.json", what="checkpoint")
     cfg = json.loads((p / "config.json").read_text())
     sd = read_state_dict(p)
@@ -245,10 +247,17 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
             extra = ours[k].float().mean(0, keepdim=True).to(ours[k].dtype).expand(text_cfg.vocab_size - ours[k].shape[0], -1)
             ours[k] = torch.cat([ours[k], extra])
     _check_shapes(model, ours, p, lambda k: rename(k, family, to_reference=True))
-    missing = [k for k in model.state_dict() if k not in ours and not k.startswith("vision_tower.model.logit_")]
-    if missing: raise ValueError(f"{p} lacks tensors the config needs: {', '.join(missing[:8])}")
-    model.load_state_dict(ours, strict=False)
+    own = model.state_dict()
+    show = lambda names: [rename(k, family, to_reference=True) for k in names]
+    missing = [k for k in own if k not in ours and not k.startswith("vision_tower.model.logit_") and not _allowed(k, allow_missing)]
+    if missing: raise ValueError(f"{p} lacks tensors the config needs: {', '.join(show(missing)[:8])}")
+    unexpected = [k for k in ours if k not in own and not k.endswith("rotary_emb.inv_freq")]
+    not_float = [k for k, v in ours.items() if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    unmapped = [k for k in sd if rename(k, family, to_reference=False) is None and not k.endswith("rotary_emb.inv_freq")]
+    refuse_bad_tensors(p, unexpected=unmapped + show(unexpected), not_float=show(not_float))
+    model.load_state_dict({k: v for k, v in ours.items() if k in own}, strict=False)
     if dtype.is_floating_point: model = model.to(dtype)  # one dtype throughout: sub-models may be built in their config's
+    refuse_non_finite(model, p)
     enc_tok = AutoTokenizer.from_pretrained(tower_dir or p / "encoder_tokenizer", local_files_only=True)
     proc = processor_for(encoder.config, tok, enc_tok, tower_dir)
     return model.eval(), proc
