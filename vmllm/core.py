@@ -4,13 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c003
 from __future__ import annotations
+import os, shutil
 from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'default_corpus', 'build_tokenizer',
-           'tiny_llm_config', 'require_files', 'ready_llm_tokenizer', 'load_llm_tokenizer', 'progress']
+           'tiny_llm_config', 'require_files', 'ready_llm_tokenizer', 'load_llm_tokenizer', 'progress', 'WriteFailed',
+           'write_text_atomic']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
@@ -152,3 +154,22 @@ def progress(iterable=None, total: int | None = None, desc: str = "", disable: b
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, disable=disable, mininterval=0.1 if interactive else 30,
                 dynamic_ncols=interactive, **kwargs)
+
+# %% ../nbs/00_core.ipynb #589c21cc
+class WriteFailed(OSError):
+    "A file or folder could not be written; the message says where, why and how much space is left."
+
+def write_text_atomic(path, text: str) -> Path:
+    "Write a text file under a temporary name, then rename it: a reader finds the old file or the new one, never a part."
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.is_dir() else 0
+        raise WriteFailed(f"could not write {path}: {e.__class__.__name__}: {e} ({free:.0f} MiB free on that disk); "
+                          "an earlier copy, if any, is untouched") from e
+    return path

@@ -170,6 +170,7 @@ def _read_rows(path: Path):
     try: rows = json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as e: raise ValueError(f"{path} is not UTF-8 text: {e}") from e
     except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except RecursionError as e: raise ValueError(f"{path}: its JSON is nested too deeply to read") from e
     if not isinstance(rows, list): raise ValueError(f"{path} must hold a JSON list of rows (or use .jsonl)")
     return rows, None, list(range(1, len(rows) + 1))
 
@@ -227,6 +228,7 @@ class LlavaDataset(Dataset):
                 line = f.readline()
             try: row = json.loads(line)
             except json.JSONDecodeError as e: raise BadRow(f"{self.where(i)}: not valid JSON ({e.msg} at column {e.colno})") from e
+            except RecursionError as e: raise BadRow(f"{self.where(i)}: nested too deeply to read") from e
             except UnicodeDecodeError as e: raise BadRow(f"{self.where(i)}: not UTF-8 text ({e.reason} at byte {e.start})") from e
         if not isinstance(row, dict): raise BadRow(f"{self.where(i)}: a row must be a JSON object, not {json_kind(row)}")
         return row

@@ -9,13 +9,13 @@ from collections import defaultdict
 from pathlib import Path
 import torch
 from fastcore.script import Param, call_parse
-from .core import progress as progress_bar
+from .core import WriteFailed, write_text_atomic, progress as progress_bar
 from .data import image_names, image_path, json_kind, row_place
 from .infer import build_prompt, context_length, generate_replies, normalize_answer, open_image
 
 # %% auto #0
 __all__ = ['LETTERS', 'MC_INSTRUCTION', 'options_of', 'question_text', 'read_question_rows', 'extract_letter', 'is_correct',
-           'check_writable', 'evaluate', 'results_table', 'vmllm_eval']
+           'check_writable', 'check_images_resolve', 'evaluate', 'results_table', 'vmllm_eval']
 
 # %% ../nbs/12_evaluate.ipynb #c006
 LETTERS = "ABCDEFGHIJ"
@@ -44,9 +44,12 @@ def read_question_rows(path) -> tuple[list[dict], list[str]]:
         try: row = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e: skipped.append(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})"); continue
         except json.JSONDecodeError as e: skipped.append(f"{where}: not valid JSON ({e.msg})"); continue
+        except RecursionError: skipped.append(f"{where}: nested too deeply to read"); continue
         if not isinstance(row, dict): skipped.append(f"{where}: a row must be a JSON object, not {json_kind(row)}"); continue
         if "question_id" in row: where += f" (question_id {row['question_id']})"
-        if not str(row.get("text", row.get("question", ""))).strip():
+        q = row.get("text", row.get("question", ""))
+        if not isinstance(q, str): skipped.append(f"{where}: the question must be text, not {json_kind(q)}"); continue
+        if not q.strip():
             skipped.append(f"{where}: no question ('text' or 'question')"); continue
         row.setdefault("question_id", i)
         rows.append({**row, "row": i, "_where": where})
@@ -98,8 +101,19 @@ def check_writable(path) -> Path:
     except OSError as e: raise ValueError(f"cannot write {p}: {e.strerror or e}") from e
     return p
 
+def check_images_resolve(rows: list, image_folder, questions_file):
+    "Refuse a run in which not one image the rows name is in `image_folder` (a wrong or missing image folder), before any work."
+    named = []
+    for r in rows:
+        try: named += [image_path(image_folder, n) for n in image_names(r)]
+        except ValueError: continue  # a bad 'image' is that row's own fault, skipped later
+    if named and not any(p.is_file() for p in named):
+        raise ValueError(f"not one of the {len(named)} images that {questions_file} names is in {image_folder} "
+                         f"(the first: {named[0]}): pass --image_folder, the folder the rows' image paths are relative to")
+
 @torch.no_grad()
-def evaluate(model, processor, questions_file, image_folder=None,
+def evaluate(model, processor, questions_file,
+             image_folder=None, # the folder the rows' image paths are relative to; default: the questions file's folder
              template: str | None = None, # default: the template the model was trained with (`trained_template`)
              batch_size: int = 8,
              max_new_tokens: int = 16, answers_file=None, results_file=None, model_id: str = "vmllm",
@@ -108,6 +122,8 @@ def evaluate(model, processor, questions_file, image_folder=None,
     for f in (results_file, answers_file):
         if f: check_writable(f)
     rows, skipped = read_question_rows(questions_file)
+    image_folder = Path(questions_file).parent if image_folder is None else Path(image_folder)
+    check_images_resolve(rows, image_folder, questions_file)
     n_rows = len(rows) + len(skipped)
     context = context_length(model)
     model.eval()
@@ -138,12 +154,11 @@ def evaluate(model, processor, questions_file, image_folder=None,
                    scored=len(scored), skipped=len(skipped), accuracy=sum(scored) / len(scored) if scored else None,
                    per_category={c: dict(n=len(v), accuracy=sum(v) / len(v)) for c, v in sorted(per.items())},
                    skipped_rows=skipped)
-    if answers_file:
-        Path(answers_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(answers_file).write_text("".join(json.dumps(a) + "\n" for a in answers))
-    if results_file:
-        Path(results_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(results_file).write_text(json.dumps(results, indent=1))
+    if not answers:  # an empty run must not take the place of earlier results
+        raise ValueError(f"not one question of {questions_file} was answered ({len(skipped)} skipped; the first: "
+                         f"{skipped[0] if skipped else 'the file has no rows'}); no answers or results were written")
+    if answers_file: write_text_atomic(answers_file, "".join(json.dumps(a) + "\n" for a in answers))
+    if results_file: write_text_atomic(results_file, json.dumps(results, indent=1))
     return results
 
 def results_table(results: dict) -> str:
@@ -158,9 +173,9 @@ def results_table(results: dict) -> str:
 @call_parse
 def vmllm_eval(model: Param("checkpoint directory: vmllm or released (LLaVA) layout", str, required=True) = None,
                questions: Param("LLaVA-style question file (.jsonl)", str, required=True) = None,
-               image_folder: str = None, # folder the rows' `image` paths are relative to
-               answers_file: str = None, # where to write the answers (.jsonl); default beside the results
-               results_file: str = None, # where to write the results (.json); default: results.json beside the questions
+               image_folder: str = None, # folder the rows' `image` paths are relative to; default: the questions file's folder
+               answers_file: str = None, # where to write the answers (.jsonl); default: RESULTS.answers.jsonl beside the results
+               results_file: str = None, # where to write the results (.json); default: QUESTIONS.results.json beside the questions
                vision_tower: str = None, # local CLIP/SigLIP directory, for released checkpoints without tower weights
                conv_mode: str = None, # template; default: the one the model was trained with
                batch_size: int = 8, max_new_tokens: int = 16):
@@ -172,7 +187,7 @@ def vmllm_eval(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
     answers_file = answers_file or str(Path(results_file).with_suffix("")) + ".answers.jsonl"
     try: r = evaluate(m, p, questions, image_folder, conv_mode, batch_size, max_new_tokens, answers_file, results_file,
                       model_id=Path(model).name)
-    except (FileNotFoundError, ValueError) as e: raise SystemExit(f"vmllm_eval: {e}")  # a missing file, an output that cannot be written
+    except (FileNotFoundError, ValueError, WriteFailed) as e: raise SystemExit(f"vmllm_eval: {e}")  # a missing file, an output that cannot be written
     for msg in r["skipped_rows"]: print(f"skipped {msg}")
     print(results_table(r))
     print(f"answers: {answers_file}\nresults: {results_file}")

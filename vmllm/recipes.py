@@ -4,7 +4,8 @@
 
 # %% ../nbs/13_recipes.ipynb #c003
 from __future__ import annotations
-import copy, difflib, json, os, time
+import copy, difflib, json, os, socket, sys, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 import torch
@@ -17,20 +18,22 @@ from .connector import CONNECTORS
 from .data import TEMPLATES
 from .enhance import GATES, IMPLS, STREAMS
 from .processor import PROMPT_RULES
-from .core import require_files
+from .core import require_files, write_text_atomic
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .synth import check_categories, make_toy_data, toy_corpus, toy_tokenizers
 from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
+                         _kill_point,
                          zero3_off, train_contrastive, train_language_model, train_stage)
 from accelerate import FullyShardedDataParallelPlugin, PartialState
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 
 # %% auto #0
-__all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'RENAMED', 'NOT_OPTIONS', 'RUN_SAFE_TO_CHANGE', 'ModelOptions',
-           'ToyDataOptions', 'PretrainOptions', 'StageOptions', 'RecipeOptions', 'check_section', 'check_recipe',
-           'merge', 'parse_sets', 'resolve', 'check_stage_options', 'stage_config', 'with_prompt_rule', 'real_model',
-           'run_toy_model', 'check_resume_config', 'finished', 'run', 'vmllm_train']
+__all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS',
+           'LOCK_FILE', 'RUN_SAFE_TO_CHANGE', 'ModelOptions', 'ToyDataOptions', 'PretrainOptions', 'StageOptions',
+           'RecipeOptions', 'check_range', 'check_together', 'check_section', 'check_recipe', 'merge', 'parse_sets',
+           'resolve', 'check_stage_options', 'stage_config', 'with_prompt_rule', 'real_model', 'output_lock',
+           'run_toy_model', 'check_resume_config', 'finished', 'stage_record', 'run', 'vmllm_train']
 
 # %% ../nbs/13_recipes.ipynb #c006
 def _paper_preset(name: str) -> dict:
@@ -125,6 +128,12 @@ SECTIONS = {"model": ModelOptions, "toy_data": ToyDataOptions, "stage0": Pretrai
 CHOICES = {"mm_projector_type": CONNECTORS, "prompt_rule": PROMPT_RULES, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
            "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16")}
 SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2)}  # toy_data.categories: `check_categories`
+AT_LEAST_1 = ("batch_size", "global_batch", "grad_accum", "max_length", "threads", "steps", "n_stage1", "n_stage2", "n_heldout",
+              "image_size", "patch_size", "encoder_layers", "encoder_width", "llm_width", "llm_layers")
+AT_LEAST_0 = ("epochs", "max_steps", "lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "save_every", "keep_checkpoints",
+              "num_workers", "preflight_rows", "seed")
+RANGES = {**{k: (1, None) for k in AT_LEAST_1}, **{k: (0, None) for k in AT_LEAST_0},
+          "warmup_ratio": (0, 1), "lora_dropout": (0, 1), "multi_turn": (0, 1)}  # (lowest, highest) allowed, None: no limit
 RENAMED = {"connector": "mm_projector_type"}  # older recipe names
 NOT_OPTIONS = {"stage"}  # a stage section's stage is its name
 
@@ -139,8 +148,27 @@ def _kind_ok(value, annotation: str) -> bool:
     if annotation.startswith("dict"): return isinstance(value, dict)
     return True
 
+def check_range(where: str, value, low, high):
+    "Refuse a number outside [low, high] (either may be None), naming the option."
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{where}={value!r}: must be {bound}")
+
+def check_together(cfg: dict):
+    "Options valid alone but not together: a stage with nothing to train, an empty range of turns, patches that do not tile."
+    for stage in ("stage1", "stage2"):
+        s = cfg.get(stage) or {}
+        if not s.get("max_steps") and s.get("epochs", 1.0) == 0:
+            raise ValueError(f"{stage}: epochs=0 and max_steps=0 train nothing: give epochs > 0 or max_steps > 0")
+    turns = (cfg.get("toy_data") or {}).get("turns")
+    if turns is not None and not (len(turns) == 2 and all(isinstance(t, int) and t >= 1 for t in turns) and turns[0] <= turns[1]):
+        raise ValueError(f"toy_data.turns={turns!r}: must be [fewest, most] questions per conversation, 1 <= fewest <= most")
+    m = {f.name: f.default for f in fields(ModelOptions)} | (cfg.get("model") or {})
+    if cfg.get("preset") == "toy" and m["image_size"] % m["patch_size"]:
+        raise ValueError(f"model.image_size={m['image_size']} is not a multiple of model.patch_size={m['patch_size']}")
+
 def check_section(name: str, values: dict, schema: type):
-    "Refuse unknown keys, values of the wrong kind and values outside their choices, naming the valid ones (numbers written as text are read)."
+    "Refuse unknown keys, values of the wrong kind and values outside their choices or ranges, naming the valid ones (numbers written as text are read)."
     if not isinstance(values, dict): raise ValueError(f"{name} must be a section of key: value pairs, not {values!r}")
     known = {f.name: f for f in fields(schema)}
     for key, value in values.items():
@@ -156,6 +184,7 @@ def check_section(name: str, values: dict, schema: type):
             raise ValueError(f"{where}={value!r}: expected {known[key].type}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ValueError(f"{where}={value!r}: choose one of {', '.join(map(str, CHOICES[key]))}")
+        if key in RANGES and value is not None: check_range(where, value, *RANGES[key])
         if key in SUBSETS and value is not None and not set(value) <= set(SUBSETS[key]):
             bad = ", ".join(map(repr, [v for v in value if v not in SUBSETS[key]]))
             raise ValueError(f"{where}: {bad} is not one of {', '.join(map(str, SUBSETS[key]))}")
@@ -165,6 +194,7 @@ def check_recipe(cfg: dict) -> dict:
     check_section("", cfg, RecipeOptions)
     for name, schema in SECTIONS.items(): check_section(name, cfg.get(name) or {}, schema)
     check_categories((cfg.get("toy_data") or {}).get("categories"), "toy_data.categories")
+    check_together(cfg)
     return cfg
 
 # %% ../nbs/13_recipes.ipynb #c008
@@ -241,6 +271,50 @@ def real_model(m: dict, llm_dtype=torch.float32) -> tuple:
                            enhance_impl=m.get("enhance_impl", "fast"), reference_quirks=m.get("reference_quirks", True),
                            **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None}), m)
 
+# %% ../nbs/13_recipes.ipynb #b6b7dd62
+LOCK_FILE = "vmllm.lock"
+
+def _alive(pid: int) -> bool:
+    "Whether a process with this id exists on this host."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True  # it exists, owned by someone else
+    return True
+
+def _holder(f: Path) -> dict:
+    "What a lock file says about its holder ({} if it is unreadable, e.g. half written)."
+    try: return json.loads(f.read_text())
+    except (OSError, ValueError): return {}
+
+def _take(f: Path, me: dict) -> bool:
+    "Create the lock file holding `me`, unless it exists."
+    try: fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError: return False
+    with os.fdopen(fd, "w") as w: w.write(json.dumps(me))
+    return True
+
+@contextmanager
+def output_lock(out: Path, main_process: bool = True):
+    "Hold `out/vmllm.lock` while the block runs: refuse if another live process holds it, take it over if its holder is gone."
+    if not main_process:
+        yield; return
+    out.mkdir(parents=True, exist_ok=True)
+    f, host = out / LOCK_FILE, socket.gethostname()
+    me = dict(host=host, pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv))
+    if not _take(f, me):
+        other = _holder(f)
+        if other.get("host") == host and isinstance(other.get("pid"), int) and not _alive(other["pid"]):
+            print(f"{f}: taking over the lock of process {other['pid']}, which no longer runs (a stopped run)")
+            f.unlink(missing_ok=True)
+        if not _take(f, me):
+            other = _holder(f) or other
+            raise ValueError(f"{out} is in use by another run (process {other.get('pid', '?')} on {other.get('host', '?')}, "
+                             f"started {other.get('started', '?')}: {other.get('command', '?')}): wait for it, use another "
+                             f"--output_dir, or delete {f} if that run is gone")
+    try: yield
+    finally:
+        if _holder(f).get("pid") == me["pid"] and _holder(f).get("host") == host: f.unlink(missing_ok=True)
+
 # %% ../nbs/13_recipes.ipynb #c013
 def _accelerator(cfg: dict) -> Accelerator:
     "One Accelerator per run; a launcher's mixed-precision setting wins over the recipe's. Several CPU processes talk over gloo."
@@ -305,6 +379,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
             encoder = FAMILY_RULES[m["family"]].model_cls.from_pretrained(enc_dir)
         else:
             t = time.perf_counter()
+            _kill_point("stage0")
             torch.manual_seed(cfg["seed"])
             encoder = model_from_config(tiny_encoder_config(m["family"], vocab_size=len(toks[1]), eos_token_id=toks[1].eos_token_id,
                                                              hidden_size=m["encoder_width"], num_layers=m["encoder_layers"],
@@ -341,13 +416,22 @@ def check_resume_config(out: Path, cfg: dict):
                                  f"original ones, or use a new --output_dir. Safe to change: {', '.join(RUN_SAFE_TO_CHANGE)}")
 
 def finished(final: Path) -> bool:
-    "A stage's final model folder is complete (it is written atomically; this also rejects a partial one from older versions)."
-    try: require_files(final, *CHECKPOINT_FILES); return True
+    "A stage's final model folder is complete with its record (both written atomically, the record first; this also rejects older partial ones)."
+    try: require_files(final, *CHECKPOINT_FILES); require_files(final.parent, "history.json"); return True
     except FileNotFoundError: return False
 
+def stage_record(stage_dir: Path) -> dict:
+    "Steps and first and final loss of a finished stage, from its history.json."
+    h = json.loads((stage_dir / "history.json").read_text())
+    return dict(steps=h[-1]["step"] if h else 0, first_loss=h[0]["loss"] if h else None, final_loss=h[-1]["loss"] if h else None)
+
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
-    "Run a resolved recipe; returns a summary (per stage, and held-out accuracy for the toy)."
+    "Run a resolved recipe, as the only writer of its output folder; returns a summary (per stage, and held-out accuracy for the toy)."
     check_recipe(cfg)  # before any data, model or folder is made
+    with output_lock(Path(cfg["output_dir"]), main_process=int(os.environ.get("RANK", 0)) == 0):
+        return _run(cfg, resume, progress)
+
+def _run(cfg: dict, resume: bool, progress: bool) -> dict:
     out = Path(cfg["output_dir"])
     if resume: check_resume_config(out, cfg)
     acc = _accelerator(cfg)
@@ -358,13 +442,15 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     for stage in (1, 2):  # a DeepSpeed file that disagrees with the recipe fails before any model is loaded
         if stage in cfg["stages"]: configure_deepspeed(acc, stage_config(cfg, stage, acc.num_processes, require_data=False), apply=False)
     out.mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process: write_text_atomic(out / "run_config.yaml", yaml.safe_dump(cfg, sort_keys=False))  # before any work: --resume checks it
+    set_seed(cfg["seed"])  # before any model is built: a new connector's weights come from the seed, not the process
     t0, times = time.perf_counter(), {}
     with zero3_off():  # ZeRO-3 shards them when training starts
         if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress, times)
         else:  # fp32 master weights: DeepSpeed keeps them in its optimizer; DDP and FSDP train the weights as loaded
             model, proc = real_model(cfg["model"], torch.bfloat16 if backend_of(acc) == "deepspeed" else torch.float32)
     if acc.is_main_process:
-        (out / "run_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        write_text_atomic(out / "run_config.yaml", yaml.safe_dump(cfg, sort_keys=False))  # now with the toy data's paths
         print("resolved config:\n" + yaml.safe_dump(cfg, sort_keys=False))
         print(f"backend: {backend_of(acc)} on {acc.num_processes} process(es) ({acc.device.type}), mixed precision {acc.mixed_precision}")
     summary = dict(preset=cfg.get("preset"), stages={})
@@ -374,7 +460,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         final = out / f"stage{stage}" / "final"
         if resume and finished(final):
             with zero3_off(): model, proc = load_pretrained(final)
-            summary["stages"][stage] = dict(loaded=str(final)); continue
+            summary["stages"][stage] = dict(loaded=str(final), **stage_record(final.parent)); continue
         t = time.perf_counter()
         r = train_stage(model, proc, sc, out / f"stage{stage}", resume=resume, accelerator=acc, progress=progress)
         with zero3_off(): model, proc = load_pretrained(r["final_dir"])  # what follows uses what was saved
@@ -396,7 +482,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
               + f" (answers: {out / 'heldout.answers.jsonl'})")
     summary["seconds"] = time.perf_counter() - t0
     summary["stage0"] = times  # data generation and stage 0 of the toy: seconds, rate, loss
-    if acc.is_main_process: (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if acc.is_main_process: write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 # %% ../nbs/13_recipes.ipynb #c017

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
-from .core import IGNORE_INDEX, progress as progress_bar
+from .core import IGNORE_INDEX, WriteFailed, write_text_atomic, progress as progress_bar
 from .encoder import text_input_rule
 from .processor import chat_template_for
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
@@ -128,7 +128,7 @@ class NonFiniteLoss(RuntimeError):
 STATE_FILE = "trainer_state.json"
 SAFE_TO_CHANGE = ("save_every", "keep_checkpoints", "num_workers", "preflight_rows", "strict", "data", "image_folder")
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(WriteFailed):
     "A checkpoint or model folder could not be written; the message says where, why and how much space is left."
 
 def _kill_point(point: str):
@@ -468,6 +468,7 @@ def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, 
     sd = full_state_dict(acc, model)
     if acc.is_main_process:
         if cfg.lora_r: sd = merge_lora_state(sd, cfg.lora_alpha, cfg.lora_r)
+        write_text_atomic(out / "history.json", json.dumps(state["history"]))  # before the model: a final model always has its record
         with atomic_dir(final) as tmp:
             acc.unwrap_model(model).save_pretrained(tmp, state_dict=sd)
             _kill_point(f"stage{cfg.stage}:final")
@@ -477,7 +478,7 @@ def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, 
             processor.chat_template = processor.tokenizer.chat_template if own else chat_template_for(cfg.template)
             processor.save_pretrained(tmp)
             (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        (out / "history.json").write_text(json.dumps(state["history"]))
+        _kill_point(f"stage{cfg.stage}:published")
         plot_history(state["history"], out / "loss.png")
     acc.wait_for_everyone()
     return final
@@ -531,10 +532,10 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
             state["epoch"] += 1; state["batch_in_epoch"] = 0
     bar.close()
     acc.wait_for_everyone()
-    final = save_final(acc, model, processor, cfg, out, state)
     bad = sorted({i for rows in gather_object([state.get("bad_rows", [])]) for i in rows})  # each bad row once, all processes
-    if bad and acc.is_main_process:
-        (out / "bad_rows.json").write_text(json.dumps([ds.bad_rows.get(i, f"{ds.where(i)}: skipped") for i in bad], indent=1))
+    if bad and acc.is_main_process:  # before the final model, like history.json
+        write_text_atomic(out / "bad_rows.json", json.dumps([ds.bad_rows.get(i, f"{ds.where(i)}: skipped") for i in bad], indent=1))
+    final = save_final(acc, model, processor, cfg, out, state)
     rates = [h["samples_per_s"] for h in state["history"]]
     return dict(steps=state["step"], final_loss=state["history"][-1]["loss"] if state["history"] else None,
                 skipped=state["skipped"], bad_rows=len(bad), shortened=state["shortened"],
