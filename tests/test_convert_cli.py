@@ -33,6 +33,25 @@ def test_inspect_convert_and_back_bit_identical(tmp_path):
 def test_inspect_names_what_a_directory_lacks(tmp_path):
     (tmp_path / "empty").mkdir()
     r = run("vmllm_convert", "--inspect", str(tmp_path / "empty"))
-    assert r.returncode == 0 and "unknown checkpoint" in r.stdout and "missing: config.json" in r.stdout
+    assert r.returncode != 0 and "unknown checkpoint" in r.stdout and "missing: config.json" in r.stdout
+    assert "is not a checkpoint vmllm knows" in r.stderr and "Traceback" not in r.stderr
     r = run("vmllm_convert", "--inspect", str(tmp_path / "absent"))
     assert r.returncode != 0 and "directory not found" in r.stderr
+
+
+def test_a_trained_model_round_trips_both_ways_without_flags(tmp_path):
+    "A model whose tower is none of the presets (as the toy's): to the released layout and back, every tensor kept."
+    for family in ("clip", "siglip"):
+        model, proc = tiny_vmllm(family)
+        ours = tmp_path / family / "ours"
+        model.save_pretrained(ours); proc.save_pretrained(ours)
+        r = run("vmllm_convert", str(ours), str(tmp_path / family / "released"), "--to", "reference")
+        assert r.returncode == 0, r.stderr[-2000:]
+        r = run("vmllm_convert", str(tmp_path / family / "released"), str(tmp_path / family / "back"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert diff_state_dicts(read_state_dict(tmp_path / family / "back"), read_state_dict(ours)) == [], family
+        (tmp_path / family / "released" / "encoder_config.json").unlink()  # without the tower's own config: one line, no traceback
+        r = run("vmllm_convert", str(tmp_path / family / "released"), str(tmp_path / family / "again"))
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode != 0 and "Traceback" not in r.stderr and last.startswith("vmllm_convert: "), r.stderr[-2000:]
+        assert "tensor shapes disagree with its config" in last and "pass --vision_tower PATH" in last

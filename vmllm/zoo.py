@@ -12,16 +12,16 @@ from safetensors.torch import load_file, save_file
 from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
 from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files
-from .encoder import ENCODER_PRESETS, model_from_config, encoder_config, family_of, load_encoder_model
+from .encoder import ENCODER_PRESETS, FAMILY_RULES, model_from_config, encoder_config, family_of, load_encoder_model
 from .model import (VmllmConfig, VmllmForCausalLM, _allowed, load_pretrained, processor_for, refuse_bad_tensors,
                          refuse_non_finite)
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['WEIGHT_FILES', 'TOKENIZER_FILES', 'load_tensors', 'tensor_names', 'read_state_dict', 'rename', 'reference_names',
-           'to_our_names', 'projector_type', 'inspect_checkpoint', 'save_tower_dir', 'reference_state_dict',
-           'save_sharded', 'load_reference', 'load_any', 'load_projector', 'load_lora', 'to_vmllm', 'to_reference',
-           'write_reference_dir', 'describe', 'vmllm_convert']
+__all__ = ['WEIGHT_FILES', 'TOKENIZER_FILES', 'ENCODER_CONFIG_FILE', 'load_tensors', 'tensor_names', 'read_state_dict', 'rename',
+           'reference_names', 'to_our_names', 'projector_type', 'inspect_checkpoint', 'save_tower_dir',
+           'reference_state_dict', 'save_sharded', 'load_reference', 'load_any', 'load_projector', 'load_lora',
+           'to_vmllm', 'to_reference', 'write_reference_dir', 'describe', 'vmllm_convert']
 
 # %% ../nbs/11_zoo.ipynb #c006
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
@@ -195,9 +195,15 @@ def _check_shapes(model, sd: dict, source, display=lambda k: k) -> None:
     if bad: raise ValueError(f"{source}: tensor shapes disagree with its config: " + "; ".join(bad[:8])
                              + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
 
+ENCODER_CONFIG_FILE = "encoder_config.json"
+
 def _tower_for(cfg: dict, vision_tower, tower_sd: dict, source: Path):
     "(encoder model, directory with its tokenizer/processor or None) for a reference checkpoint."
     if vision_tower is not None: return load_encoder_model(vision_tower), Path(vision_tower)
+    own = source / ENCODER_CONFIG_FILE  # written by `to_reference`: a tower that is none of the presets (e.g. the toy's)
+    if tower_sd and own.is_file():
+        d = json.loads(own.read_text())
+        return model_from_config(FAMILY_RULES[family_of(d)].config_cls.from_dict(d)), None
     name = cfg.get("mm_vision_tower")
     if not tower_sd:
         raise FileNotFoundError(f"{source} holds no vision tower weights (model.vision_tower.*): pass --vision_tower PATH, "
@@ -246,7 +252,13 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
         if k in ours and ours[k].shape[0] < text_cfg.vocab_size:
             extra = ours[k].float().mean(0, keepdim=True).to(ours[k].dtype).expand(text_cfg.vocab_size - ours[k].shape[0], -1)
             ours[k] = torch.cat([ours[k], extra])
-    _check_shapes(model, ours, p, lambda k: rename(k, family, to_reference=True))
+    try: _check_shapes(model, ours, p, lambda k: rename(k, family, to_reference=True))
+    except ValueError as e:
+        if tower_sd and vision_tower is None and any(k.startswith("vision_tower.") and k in model.state_dict()
+                                                     and model.state_dict()[k].shape != v.shape for k, v in ours.items()):
+            raise ValueError(f"{e}; the tower is not the {cfg.get('mm_vision_tower')} that config.json names: pass "
+                             f"--vision_tower PATH, a directory with its config (or keep {ENCODER_CONFIG_FILE} beside the weights)") from e
+        raise
     own = model.state_dict()
     show = lambda names: [rename(k, family, to_reference=True) for k in names]
     missing = [k for k in own if k not in ours and not k.startswith("vision_tower.model.logit_") and not _allowed(k, allow_missing)]
@@ -340,7 +352,9 @@ def to_reference(src, dst, include_tower: bool | None = None, max_tensors: int =
     if kept.is_dir():
         for f in kept.iterdir(): shutil.copy2(f, dst / f.name)
     else: proc.tokenizer.save_pretrained(dst)
-    if include_tower: proc.encoder_tokenizer.save_pretrained(dst / "encoder_tokenizer")
+    if include_tower:  # the tower's own config too: the way back builds this tower, not the preset `mm_vision_tower` names
+        proc.encoder_tokenizer.save_pretrained(dst / "encoder_tokenizer")
+        (dst / ENCODER_CONFIG_FILE).write_text(model.config.encoder_config.to_json_string())
     return dst
 
 # %% ../nbs/11_zoo.ipynb #c026
@@ -369,11 +383,14 @@ def vmllm_convert(src: str, # checkpoint directory to read
                   to: str = "vmllm", # 'vmllm' (from a released directory) or 'reference' (from a vmllm directory)
                   inspect: bool = False): # only say what SRC is and what it lacks
     "Inspect or convert checkpoints between the released (LLaVA) layout and vmllm's."
+    if to not in ("vmllm", "reference"): raise SystemExit(f"--to must be 'vmllm' or 'reference', not {to!r}")
     if inspect or dst is None:
-        info = inspect_checkpoint(src); print(describe(info))
+        try: info = inspect_checkpoint(src)
+        except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_convert: {e}")
+        print(describe(info))
+        if info["kind"] == "unknown": raise SystemExit(f"vmllm_convert: {src} is not a checkpoint vmllm knows")
         if dst is None and not inspect: raise SystemExit("give DST to convert (or --inspect to only inspect)")
         return
-    if to == "vmllm": out = to_vmllm(src, dst, vision_tower)
-    elif to == "reference": out = to_reference(src, dst)
-    else: raise SystemExit(f"--to must be 'vmllm' or 'reference', not {to!r}")
+    try: out = to_vmllm(src, dst, vision_tower) if to == "vmllm" else to_reference(src, dst)
+    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_convert: {e}")
     print(f"wrote {out}\n" + describe(inspect_checkpoint(out)))
