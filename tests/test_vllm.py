@@ -164,3 +164,35 @@ def test_trained_toy(toy):
     errs += check_against_vmllm(llm, model, proc, im, [q for _, q in rows])               # the held-out questions on one image
     print("toy max log-prob error", max(errs))
     assert max(errs) <= TOL, errs
+
+
+VOCABS = Path(os.environ.get("VMLLM_VOCAB_DIR", Path.home() / ".cache" / "vmllm" / "llama-vocabs"))
+
+
+@pytest.mark.skipif(not (VOCABS / "llama-spm" / "tokenizer.model").is_file(),
+                    reason=f"no Llama vocabularies in {VOCABS}: run `python tools/fetch_llama_vocabs.py`")
+def test_engine_ids_on_the_llama2_vocabulary(tmp_path):
+    "The ids vLLM's engine reads equal vmllm's processor's on Llama-2's vocabulary (chunks between images, BOS), chat too."
+    from vmllm.core import build_tokenizer, load_llm_tokenizer, ready_llm_tokenizer
+    tok = ready_llm_tokenizer(load_llm_tokenizer(VOCABS / "llama-spm"))
+    model, proc = tiny_vmllm(llm_width=128, tokenizers=(tok, build_tokenizer(add_eos=True)))
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    llm = start_llm(tmp_path)
+    try:
+        im = Image.new("RGB", (40, 30), "red")
+        history = [("human", "<image>\nWhat is it?"), ("gpt", "A red  square.")]
+        reqs = requests_for(proc, im, QUESTIONS[:1]) + requests_for(proc, im, QUESTIONS[1:2], history=history)
+        outs = llm.generate([r for r, _ in reqs], vllm_params(), use_tqdm=False)
+        for (_, (text, prompt)), o in zip(reqs, outs):
+            want = proc(text, images=[im], prompts=[prompt])["input_ids"][0].tolist()
+            assert list(o.prompt_token_ids) == want
+            assert proc.tokenizer(text).input_ids != proc.encode(text)[0]  # vLLM's own tokenisation would differ
+            assert worst(vmllm_greedy(model, proc, text, [im], prompt), vllm_result(o)) <= TOL
+        msgs = [{"role": "user", "content": [{"type": "image_pil", "image_pil": im}, {"type": "text", "text": QUESTIONS[0]}]}]
+        o = llm.chat(msgs, vllm_params(), use_tqdm=False)[0]
+        ref = [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": QUESTIONS[0]}]}]
+        want = proc.apply_chat_template(ref, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        assert list(o.prompt_token_ids) == want["input_ids"][0].tolist()
+    finally:
+        stop_llm(llm)
