@@ -124,11 +124,15 @@ def unreproduced(path: Path, flags: set[str]) -> list[str]:
     for c in fresh:
         if c["cell_type"] != "code": continue
         old, new = text_outputs(saved.get(c["id"], {})), text_outputs(c)
-        if old != new:
-            diff = next(((a, b) for a, b in zip("\n".join(old).split("\n"), "\n".join(new).split("\n")) if a != b),
-                        ("\n".join(old)[-80:], "\n".join(new)[-80:]))
-            problems.append(f"{path.name} cell {c['id']}: saved {diff[0][:80]!r}, a rerun gives {diff[1][:80]!r}")
+        if old != new: problems.append(f"{path.name} cell {c['id']}: {first_difference(''.join(old), ''.join(new))}")
     return problems
+
+
+def first_difference(old: str, new: str, width: int = 30) -> str:
+    "Where two texts first differ, with a little context on each side."
+    at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    start = max(0, at - width)
+    return f"saved ...{old[start:at + width]!r}..., a rerun gives ...{new[start:at + width]!r}..."
 
 
 def output_bytes(cell) -> int:
