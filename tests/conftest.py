@@ -1,4 +1,5 @@
 """Shared test helpers."""
+import pytest
 from PIL import Image
 from vmllm.model import tiny_vmllm
 
@@ -23,3 +24,9 @@ def trained_toy(folder, sets: str = SHORT_TOY):
                        capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return folder
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    "One shortened toy run for the whole test session, in `<tmp>/runs/toy` as `vmllm_train --preset toy` lays it out."
+    return trained_toy(tmp_path_factory.mktemp("toy") / "runs" / "toy")

@@ -20,16 +20,15 @@ from vmllm.evaluate import evaluate, is_correct
 from vmllm.infer import build_prompt, normalize_answer
 from vmllm.model import load_pretrained
 from vmllm.processor import chat_turns, images_to_front
-from conftest import trained_toy
 
 TOL = 1e-6
 NEW = 8
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    "A trained toy model (a shortened toy run) with its held-out split: (model, processor, run folder)."
-    out = trained_toy(tmp_path_factory.mktemp("toy"))
+def toy(toy_run):
+    "A trained toy model (a shortened toy run, shared with the session) with its held-out split: (model, processor, run folder)."
+    out = toy_run
     model, proc = load_pretrained(out / "stage2" / "final")
     return model, proc, out
 

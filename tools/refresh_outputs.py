@@ -4,11 +4,14 @@ on GitHub without running anything. Then `nbdev_clean` strips the metadata noise
     python tools/refresh_outputs.py                      # every notebook in nbs/
     python tools/refresh_outputs.py nbs/02_enhance.ipynb # some
     python tools/refresh_outputs.py --check              # only check the budget (CI does this)
+    python tools/refresh_outputs.py --reproduce nbs/02_enhance.ipynb  # rerun, and fail if a saved text output changes
 
 Cells flagged with a test flag of settings.ini (`#| slow`, `#| cuda`, `#| lmms`) or `#| eval: false` are not run, as
 `nbdev_test` does not run them. Outputs are kept small: progress bars are off (TQDM_DISABLE), ANSI colours are
 removed, a text output is cut to its first and last lines, only PNG pictures are kept, and a notebook's outputs must
-fit the budget below.
+fit the budget below. `--reproduce` reruns the notebooks without writing them and lists every cell whose text
+output (printed lines, values) differs from the saved one: a saved number that a rerun does not give is a seed
+missing. Pictures are not compared (their bytes depend on the matplotlib version).
 """
 import argparse, base64, configparser, json, os, re, subprocess, sys, tempfile
 from pathlib import Path
@@ -78,9 +81,9 @@ def tidy(outputs: list) -> list:
     return out
 
 
-def run(path: Path, flags: set[str]):
-    "Execute one notebook in its folder, as nbdev_test does, and write it back with its tidied outputs."
-    from execnb.nbio import read_nb, write_nb
+def execute(path: Path, flags: set[str]):
+    "Execute one notebook in its folder, as nbdev_test does; its cells get their tidied outputs."
+    from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
     nb = read_nb(path)
     cwd = os.getcwd(); os.chdir(path.parent)
@@ -95,7 +98,41 @@ def run(path: Path, flags: set[str]):
             if shell.exc: raise RuntimeError(f"{path.name}: a cell failed:\n{cell.source[:300]}\n{shell.exc!r}")
             cell.outputs = tidy(json.loads(json.dumps(list(outputs or []), default=list)))  # plain lists and dicts
     finally: os.chdir(cwd)
-    write_nb(nb, path)
+    return nb
+
+
+def run(path: Path, flags: set[str]):
+    "Execute one notebook and write it back with its tidied outputs."
+    from execnb.nbio import write_nb
+    write_nb(execute(path, flags), path)
+
+
+def text_outputs(cell) -> list[str]:
+    "What a cell printed or returned, as text (pictures left out)."
+    texts = []
+    for o in cell.get("outputs", []):
+        t = o.get("text") if o.get("output_type") == "stream" else o.get("data", {}).get("text/plain")
+        if t is not None: texts.append("".join(t) if isinstance(t, list) else t)
+    return texts
+
+
+def unreproduced(path: Path, flags: set[str]) -> list[str]:
+    "Cells of `path` whose saved text outputs a fresh run does not give, each with its first differing line."
+    saved = {c["id"]: c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"}
+    fresh = json.loads(json.dumps([dict(c) for c in execute(path, flags).cells], default=list))
+    problems = []
+    for c in fresh:
+        if c["cell_type"] != "code": continue
+        old, new = text_outputs(saved.get(c["id"], {})), text_outputs(c)
+        if old != new: problems.append(f"{path.name} cell {c['id']}: {first_difference(''.join(old), ''.join(new))}")
+    return problems
+
+
+def first_difference(old: str, new: str, width: int = 30) -> str:
+    "Where two texts first differ, with a little context on each side."
+    at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    start = max(0, at - width)
+    return f"saved ...{old[start:at + width]!r}..., a rerun gives ...{new[start:at + width]!r}..."
 
 
 def output_bytes(cell) -> int:
@@ -128,15 +165,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="*", type=Path)
     ap.add_argument("--check", action="store_true", help="only check the saved outputs against the budget")
+    ap.add_argument("--reproduce", action="store_true", help="rerun the notebooks (not written) and fail where a saved text output changes")
     args = ap.parse_args(argv)
     paths = [p.resolve() for p in args.notebooks] or sorted(NBS.glob("*.ipynb"))
+    problems = []
     if not args.check:
         os.environ.update(TQDM_DISABLE="1", MPLBACKEND="Agg", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         flags = test_flags()
-        for p in paths: print(f"running {p.name}", flush=True); run(p, flags)
-        subprocess.run(["nbdev_clean"], cwd=ROOT, check=True)
-    problems = check(paths)
-    print("\n".join(problems) or f"{len(paths)} notebooks: outputs within budget")
+        for p in paths:
+            print(f"{'rerunning' if args.reproduce else 'running'} {p.name}", flush=True)
+            if args.reproduce: problems += unreproduced(p, flags)
+            else: run(p, flags)
+        if not args.reproduce: subprocess.run(["nbdev_clean"], cwd=ROOT, check=True)
+    problems += check(paths)
+    done = "outputs within budget" + (" and reproduced" if args.reproduce else "")
+    print("\n".join(problems) or f"{len(paths)} notebooks: {done}")
     sys.exit(1 if problems else 0)
 
 

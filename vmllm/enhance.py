@@ -69,7 +69,7 @@ IMPLS = {"fast": (layer_attention_fast, gate_fast), "reference": (layer_attentio
 STREAMS, GATES = ("low", "high", "select"), ("text", "image")
 
 class VmllmEnhancer(nn.Module):
-    "vMLLM's visual feature enhancement and projector (METHOD.md steps 3-6), with the reference parameter names."
+    "vMLLM's visual feature enhancement and projector (steps 3-6 of `00_method`), with the reference parameter names."
     def __init__(self, vision_width: int, # d: width of the vision tower's hidden states
                  embed_width: int, # e: width of the image-text embedding space (= d without projections)
                  llm_width: int, # D: the LLM's hidden size

@@ -90,7 +90,7 @@ class ToyDataOptions:
     image_size: int = 32
     turns: list = field(default_factory=lambda: [2, 5]) # fewest and most questions per stage-2 conversation
     categories: dict | None = None # weights of the question categories of stage 2 (None: as a scene offers them)
-    multi_turn: float = 0.0 # share of stage-2 image rows asked two or three questions (`synth.MULTI_TURN`)
+    multi_turn: float = 0.0 # share of stage-2 image rows asked two to four questions (`synth.MULTI_TURN`)
 
 @dataclass
 class PretrainOptions:

@@ -136,7 +136,7 @@ def _heldout_rows(rng: random.Random, n: int, image_size: int, img_dir: Path, se
 
 def _write_jsonl(path: Path, rows: list[dict]): path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
-MULTI_TURN = (2, 3)  # questions of a multi-turn row (`make_toy_data(multi_turn=...)`)
+MULTI_TURN = (2, 4)  # questions of a multi-turn row (`make_toy_data(multi_turn=...)`)
 
 def position_last(asked: list) -> list:
     """A multi-turn row's questions with at most one position question, asked last. Each reply is learnt with the image
