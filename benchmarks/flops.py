@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class StepFlops:
-    "FLOPs of one step by part: forward, backward and recomputed forward."
+    "FLOPs of one step by part: forward, backward, and work that is not model FLOPs (the recomputed forward)."
     parts: dict = field(default_factory=dict)  # name -> [forward, backward, recomputed]
 
     def add(self, part: str, fwd: float = 0.0, bwd: float = 0.0, recompute: float = 0.0):
@@ -39,7 +39,7 @@ class StepFlops:
 
     def table(self) -> str:
         total = self.model
-        lines = [f"{'part':24s} {'forward':>10s} {'backward':>10s} {'recompute':>10s} {'share':>6s}"]
+        lines = [f"{'part':24s} {'forward':>10s} {'backward':>10s} {'not model':>10s} {'share':>6s}"]
         for k, (f, b, r) in self.parts.items():
             lines.append(f"{k:24s} {f:10.3e} {b:10.3e} {r:10.3e} {(f + b) / total:6.1%}")
         lines.append(f"{'model FLOPs':24s} {total:10.3e}   hardware FLOPs (with recomputation) {self.hardware:10.3e}")

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from vmllm.core import IGNORE_INDEX
 from vmllm.encoder import encoder_config, model_from_config, tiny_encoder_config
 from vmllm.model import VmllmForCausalLM
-from vmllm.train import set_trainable, token_loss_sum
+from vmllm.train import adamw_options, loss_sum_on_labels, predicting_positions, set_trainable, token_loss_sum
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flops import step_flops  # noqa: E402
@@ -86,7 +86,7 @@ def make_batch(model, rows: list, device) -> tuple[dict, dict]:
         b |= dict(pixel_values=torch.randn(n_img, 3, size, size), prompt_input_ids=torch.randint(3, tv, (len(rows), PROMPT_LEN)),
                   prompt_attention_mask=torch.ones(len(rows), PROMPT_LEN, dtype=torch.long))
     sizes = dict(lengths=[len(s) for s in seqs], n_images=n_img, prompts=[PROMPT_LEN] * len(rows) if n_img else [],
-                 head_tokens=ids.numel(), padded=ids.numel())
+                 head_all=ids.numel(), head_labelled=len(rows) * len(predicting_positions(labels)), padded=ids.numel())
     return {k: v.to(device) for k, v in b.items()}, sizes
 
 
@@ -104,25 +104,34 @@ def set_recompute(model, policy: str):
     else: lm.gradient_checkpointing_disable()
 
 
-def make_step(model, stage: int, device):
-    "One optimizer step of `stage` on a batch: bf16 autocast on CUDA, AdamW (fused on CUDA)."
+def make_step(model, stage: int, device, head: str = "labelled"):
+    """One optimizer step of `stage` on a batch: bf16 autocast on CUDA, AdamW (fused on CUDA); the LM head on the
+    positions that predict a label (vmllm_train's step) or, `head='all'`, on every position (the step before)."""
     params = set_trainable(model, stage)
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(params, lr=1e-5, **(adamw_options(device) if head == "labelled" else {}))
     model.train()
     def step(b):
+        inputs = {k: v for k, v in b.items() if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(**{k: v for k, v in b.items() if k != "labels"})
-        loss = token_loss_sum(out.logits, b["labels"]) / (b["labels"] != IGNORE_INDEX).sum()
+            if head == "labelled": loss = loss_sum_on_labels(model, inputs, b["labels"])
+            else: loss = token_loss_sum(model(**inputs).logits, b["labels"])
+        loss = loss / (b["labels"] != IGNORE_INDEX).sum()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
 
 
-def time_stage(model, stage: int, policy: str, batches: list, device) -> dict:
+def add_unneeded_head(fl, model, stage: int, tokens: int):
+    "Hardware FLOPs, not model FLOPs: the LM head's forward and backward on positions whose logits no label reads."
+    w = model.get_output_embeddings().weight.numel()
+    fl.add("LM head, unneeded", recompute=2.0 * tokens * w * (2 + (stage == 2)))
+
+
+def time_stage(model, stage: int, policy: str, batches: list, device, head: str = "labelled") -> dict:
     "Median step time over `batches` (after two warm-up steps), peak memory and FLOPs per step."
     set_recompute(model, policy)
-    step = make_step(model, stage, device)
+    step = make_step(model, stage, device, head)
     for b, _ in batches[:2]: step(b)
     sync(device)
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats()
@@ -132,7 +141,8 @@ def time_stage(model, stage: int, policy: str, batches: list, device) -> dict:
         step(b)
         sync(device)
         times.append(time.perf_counter() - t)
-        fl = step_flops(model, stage, s["lengths"], s["n_images"], s["prompts"], s["head_tokens"], policy == "full")
+        fl = step_flops(model, stage, s["lengths"], s["n_images"], s["prompts"], s["head_labelled"], policy == "full")
+        if head == "all": add_unneeded_head(fl, model, stage, s["head_all"] - s["head_labelled"])
         model_fl.append(fl.model); hw_fl.append(fl.hardware)
         real += sum(s["lengths"]); padded += s["padded"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
@@ -175,7 +185,7 @@ def old_figures(peak_tflops: float):
     for connector, sec in recorded.items():
         model = build(connector, False, None, meta=True)
         T = model.tokens_per_image + 256
-        fl = step_flops(model, 2, [T] * 8, 8, [PROMPT_LEN] * 8, 8 * T, True)
+        fl = step_flops(model, 2, [T] * 8, 8, [PROMPT_LEN] * 8, 8 * T, True)  # its LM head ran on every position
         p = sum(x.numel() for x in model.language_model.parameters())
         emb = model.get_input_embeddings().weight.numel()
         old = 8 * (8 * p * T + 2 * sum(x.numel() for x in model.vision_tower.parameters()) * 729
@@ -201,6 +211,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps per setting (medians)")
     p.add_argument("--max-text", type=int, default=1300, help="longest text of a row (tokens)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default: 989 on CUDA, none on CPU)")
+    p.add_argument("--heads", default="labelled", help="'labelled' (LM head on the positions that predict a label), "
+                   "'all' (every position, the step before), or both: 'all,labelled'")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--old-figures", action="store_true", help="only recount the recorded H100 step times")
     args = p.parse_args(argv)
@@ -216,12 +228,12 @@ def main(argv=None):
         rows = length_mix(args.batch * (args.steps + 4), 0, args.max_text)
         batches = [make_batch(model, rows[i * args.batch:(i + 1) * args.batch], device) for i in range(args.steps + 2)]
         for stage in map(int, args.stages.split(",")):
-            for policy in args.policies.split(","):
-                r = time_stage(model, stage, policy, batches, device)
+            for policy, head in ((p, h) for p in args.policies.split(",") for h in args.heads.split(",")):
+                r = time_stage(model, stage, policy, batches, device, head)
                 util = (f"MFU {r['flops_per_s'] / peak / 1e12:.1%}, HFU {r['hw_per_s'] / peak / 1e12:.1%}" if peak
                         else f"{r['flops_per_s'] / 1e9:.1f} model GFLOP/s, {r['hw_per_s'] / 1e9:.1f} hardware GFLOP/s")
                 mem = f"peak {r['peak']:.2f} GiB" if r["peak"] == r["peak"] else "peak memory not measured on CPU"
-                print(f"{connector:10s} stage {stage} recompute {policy:4s}: step {r['sec'] * 1e3:8.1f} ms, "
+                print(f"{connector:10s} stage {stage} recompute {policy:4s} head {head:8s}: step {r['sec'] * 1e3:8.1f} ms, "
                       f"{r['samples'] / r['sec']:7.2f} samples/s, {util}, {mem}, padding {r['padding']:.1%} of the tokens, "
                       f"model {r['model']:.3e} / hardware {r['hw']:.3e} FLOPs per step", flush=True)
         print(f"FLOPs of the last stage-{stage} step by part:\n{r['table']}")

@@ -73,3 +73,18 @@ def test_the_benchmark_runs_on_tiny_models(capsys):
     train_speed.main(["--tiny", "--device", "cpu", "--steps", "2", "--connectors", "vmllm", "--stages", "1", "--policies", "none,full"])
     out = capsys.readouterr().out
     assert "stage 1 recompute full" in out and "LLM decoder layers" in out and "model FLOPs" in out
+
+
+def test_the_labelled_head_is_counted_too():
+    "vmllm_train's step runs the LM head on the positions that predict a label: the count follows it."
+    from vmllm.train import loss_sum_on_labels, predicting_positions
+    model = small_model("clip", "vmllm")
+    set_trainable(model, 2)
+    model.train()
+    inputs, labels = small_batch(model)
+    with FlopCounterMode(display=False) as fc:
+        loss_sum_on_labels(model, inputs, labels).backward()
+    T = inputs["input_ids"].shape[1]
+    fl = step_flops(model, 2, [T] * BATCH, BATCH, [PROMPT] * BATCH, BATCH * len(predicting_positions(labels)), False)
+    assert abs(fl.model / fc.get_total_flops() - 1) < 0.05
+    assert fl.model < analytic(model, 2, inputs).model  # fewer FLOPs than with the head on every position
