@@ -47,7 +47,7 @@ def main(argv=None):
         rows[name] = (s["stages"]["2"], s["heldout"])
     print("command: " + " ".join(shlex.quote(c) for c in ["python", "benchmarks/toy_speed.py"] + (argv if argv is not None else sys.argv[1:])))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads (shared with other jobs: rates vary by a few percent from run to run)")
+          f"{torch.get_num_threads()} threads")
     for name, (st, h) in rows.items():
         print(f"stage 2 {name:6s}: {st['steps']} steps in {st['seconds']:.1f} s, {st['samples_per_s']:.1f} samples/s, "
               f"final loss {st['final_loss']:.4f}; held-out accuracy {h['accuracy']:.3f} on {h['scored']} questions")
