@@ -16,10 +16,10 @@ What it measures, printed with the command and the machine:
 4. if DeepSpeed is installed: a single-process ZeRO-2 and ZeRO-3 step at real size whose gathered model is saved and
    reloads.
 
-MFU formula: FLOPs per sample = 6 * P_LLM * T (forward + backward of the trained LLM) + 2 * P_LLM * T (the forward
-recomputed by gradient checkpointing) + 2 * P_tower * 729 (the frozen tower's forward) + 6 * P_connector * 729, over
-the GPU's dense bf16 peak (--peak-tflops, 989 for an H100 SXM). Attention's T^2 terms are left out (T = 729 image
-slots + text), so this under-counts slightly.
+MFU here is the old formula, kept so that its recorded outputs can be read: FLOPs per sample = 8 * P_LLM * T (it counts
+the recomputed forward and the embedding table) + 2 * P_tower * 729 (the text tower as if it read the image slots) +
+6 * P_connector * 729, no attention. It overstates MFU: benchmarks/train_speed.py counts model FLOPs (MFU) and hardware
+FLOPs (HFU) honestly, per stage (benchmarks/flops.py, checked against FlopCounterMode by tests/test_train_speed.py).
 """
 import argparse, json, os, shlex, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -212,7 +212,7 @@ def main(argv=None):
         mfu = flops / sec / (args.peak_tflops * 1e12) if device.type == "cuda" else float("nan")
         share = connector_seconds(model, b, 3, device) / sec
         print(f"{connector:10s} stage-2 step {sec * 1e3:8.1f} ms, {args.batch / sec:6.2f} samples/s, peak {peak:6.2f} GiB, "
-              f"MFU {mfu:.1%}, connector {share:.1%} of the step (LLM {p_llm / 1e9:.2f}B, tower {p_tower / 1e6:.0f}M, "
+              f"old-formula MFU {mfu:.1%} (overstated: see train_speed.py), connector {share:.1%} of the step (LLM {p_llm / 1e9:.2f}B, tower {p_tower / 1e6:.0f}M, "
               f"connector {p_conn / 1e6:.1f}M parameters)")
         del model, b
         if device.type == "cuda": torch.cuda.empty_cache()

@@ -12,7 +12,7 @@ from .encoder import split_mean
 
 # %% auto #0
 __all__ = ['IMPLS', 'STREAMS', 'GATES', 'layer_attention_reference', 'layer_attention_fast', 'gate_reference', 'gate_fast',
-           'VmllmEnhancer']
+           'autocast_dtype', 'VmllmEnhancer']
 
 # %% ../nbs/02_enhance.ipynb #c006
 def layer_attention_reference(stack: Tensor, # [n, T, K, d]: K hidden states of every token
@@ -68,6 +68,11 @@ def gate_fast(x: Tensor, g: Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj
 IMPLS = {"fast": (layer_attention_fast, gate_fast), "reference": (layer_attention_reference, gate_reference)}
 STREAMS, GATES = ("low", "high", "select"), ("text", "image")
 
+def autocast_dtype(device) -> torch.dtype | None:
+    "The dtype autocast runs matrix products in on `device`, or None when autocast is off."
+    device = torch.device(device)
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
 class VmllmEnhancer(nn.Module):
     "vMLLM's visual feature enhancement and projector (steps 3-6 of `00_method`), with the reference parameter names."
     def __init__(self, vision_width: int, # d: width of the vision tower's hidden states
@@ -108,11 +113,12 @@ class VmllmEnhancer(nn.Module):
                ):
         layer_attention, gate = IMPLS[self.impl]
         dtype = next(p.dtype for p in self.parameters() if p.is_floating_point())  # quantized weights are not
+        stack_dtype = autocast_dtype(hidden_states[0].device) or dtype  # autocast would cast the stack anyway
         n = len(hidden_states)
         details, streams = {}, {}
         for name, hs in (("low", hidden_states[:n // 2]), ("high", hidden_states[n // 2:])):
             if name not in self.streams: continue
-            stack = torch.stack([h.to(dtype) for h in hs], dim=2)            # [n, T, K, d]
+            stack = torch.stack([h.to(stack_dtype) for h in hs], dim=2)      # [n, T, K, d]
             streams[name], details[f"{name}_layer_weights"] = layer_attention(stack, *self._projs(f"img_{name}_"))
         if "select" in self.streams: streams["select"] = select.to(dtype)
         t = text_global.to(dtype)[:, None] if "text" in self.gates else None  # [n, 1, e]

@@ -42,7 +42,7 @@ def _paper_preset(name: str) -> dict:
     return dict(preset=name, output_dir=f"runs/{name}", stages=[1, 2], seed=0, mixed_precision="bf16",
                 model=dict(vision_tower=ENCODER_PRESETS[name]["hub_id"], llm=None, init=None, mm_projector_type="vmllm",
                            enhance_impl="fast", reference_quirks=True),
-                stage1=dict(common, template="plain", lr=1e-3, global_batch=256, batch_size=32, data=None, image_folder=None),
+                stage1=dict(common, gradient_checkpointing=False, template="plain", lr=1e-3, global_batch=256, batch_size=32, data=None, image_folder=None),
                 stage2=dict(common, template="vicuna_v1", lr=2e-5, global_batch=128, batch_size=16, data=None,
                             image_folder=None))
 

@@ -25,13 +25,13 @@ from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'lora_targets',
-           'lora_config', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'CheckpointWriteError', 'atomic_dir',
-           'latest_checkpoint', 'trainable_state', 'save_optimizer', 'read_optimizer', 'fsdp_full_state',
-           'write_trained_state', 'rng_state', 'set_rng_state', 'deepspeed_safe_loading', 'save_checkpoint',
-           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'backend_of',
-           'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict', 'merge_lora_state',
-           'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step', 'record_step',
-           'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
+           'lora_config', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'predicting_positions', 'loss_sum_on_labels',
+           'adamw_options', 'CheckpointWriteError', 'atomic_dir', 'latest_checkpoint', 'trainable_state',
+           'save_optimizer', 'read_optimizer', 'fsdp_full_state', 'write_trained_state', 'rng_state', 'set_rng_state',
+           'deepspeed_safe_loading', 'save_checkpoint', 'load_checkpoint', 'data_fingerprint', 'changed_settings',
+           'plot_history', 'backend_of', 'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict',
+           'merge_lora_state', 'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step',
+           'record_step', 'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -123,6 +123,25 @@ MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "prompt_input_ids",
 
 class NonFiniteLoss(RuntimeError):
     "The loss or the gradient became NaN/inf; the message names the step and the samples."
+
+# %% ../nbs/10_train.ipynb #89233eb1
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    "Columns whose next token carries a label in some row: the only positions whose logits the loss reads."
+    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(0)).squeeze(1)
+
+def loss_sum_on_labels(model, inputs: dict, # the model's inputs (no labels)
+                       labels: torch.Tensor) -> torch.Tensor:
+    "`token_loss_sum` of the model's output, with the LM head run only at `predicting_positions`."
+    keep = predicting_positions(labels)
+    logits = model(**inputs, logits_to_keep=keep.to(inputs["input_ids"].device)).logits  # [B, K, V]
+    targets = labels[:, keep + 1].to(logits.device)                                     # [B, K]
+    hit = targets != IGNORE_INDEX
+    return F.cross_entropy(logits[hit].float(), targets[hit], reduction="sum")
+
+# %% ../nbs/10_train.ipynb #0abc41c4
+def adamw_options(device) -> dict:
+    "Keyword arguments for `torch.optim.AdamW` on `device`: the fused kernel on CUDA."
+    return {"fused": True} if torch.device(device).type == "cuda" else {}
 
 # %% ../nbs/10_train.ipynb #c012
 STATE_FILE = "trainer_state.json"
@@ -414,7 +433,7 @@ def resume_state(acc: Accelerator, out: Path, cfg: StageConfig, model, opt, sche
 def forward_sum(model, batch: dict, acc: Accelerator, params: list, connector_params: list):
     "Loss sum of one local micro-batch (zero for a placeholder, which still runs every module the step runs)."
     with acc.autocast():
-        loss = token_loss_sum(model(**_to(batch, acc.device)).logits, batch["labels"])
+        loss = loss_sum_on_labels(model, _to(batch, acc.device), batch["labels"])
     if batch.get("placeholder"): loss = loss * 0.0
     if "pixel_values" not in batch and backend_of(acc) == "ddp":  # DDP wants a gradient for every trainable parameter
         loss = loss + sum(p.sum() for p in connector_params) * 0.0
@@ -501,7 +520,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     steps_per_epoch = len(_local_batches(sampler, 0, world, rank)) // cfg.grad_accum
     if steps_per_epoch == 0: raise ValueError(f"{cfg.data}: too few rows for one step of {cfg.batch_size * world * cfg.grad_accum}")
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **adamw_options(acc.device))
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     model, opt = acc.prepare(model, opt)  # the scheduler is not prepared: prepared, it steps once per process
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP puts sharded parameters in place of the originals
