@@ -428,19 +428,23 @@ def stage_record(stage_dir: Path) -> dict:
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe, as the only writer of its output folder; returns a summary (per stage, and held-out accuracy for the toy)."
     check_recipe(cfg)  # before any data, model or folder is made
-    with output_lock(Path(cfg["output_dir"]), main_process=int(os.environ.get("RANK", 0)) == 0):
-        return _run(cfg, resume, progress)
-
-def _run(cfg: dict, resume: bool, progress: bool) -> dict:
-    out = Path(cfg["output_dir"])
-    if resume: check_resume_config(out, cfg)
     acc = _accelerator(cfg)
-    if cfg.get("threads"): torch.set_num_threads(int(cfg["threads"]))  # tiny models: one thread avoids OpenMP oversubscription
+    _check_backend(cfg, acc)  # still no folder: a refused launch leaves nothing behind
+    with output_lock(Path(cfg["output_dir"]), main_process=acc.is_main_process):
+        return _run(cfg, acc, resume, progress)
+
+def _check_backend(cfg: dict, acc: Accelerator):
+    "Refuse what the launcher's backend cannot run: two stages in one DeepSpeed launch, a DeepSpeed file that disagrees with the recipe."
     if backend_of(acc) == "deepspeed" and {1, 2} <= set(cfg["stages"]):
         raise ValueError("under DeepSpeed run one training stage per launch, as the paper does: --stages 1 (ZeRO-2), then "
                          "--stages 2 --init OUTPUT_DIR/stage1/final (ZeRO-3)")
-    for stage in (1, 2):  # a DeepSpeed file that disagrees with the recipe fails before any model is loaded
+    for stage in (1, 2):  # before any model is loaded
         if stage in cfg["stages"]: configure_deepspeed(acc, stage_config(cfg, stage, acc.num_processes, require_data=False), apply=False)
+
+def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
+    out = Path(cfg["output_dir"])
+    if resume: check_resume_config(out, cfg)
+    if cfg.get("threads"): torch.set_num_threads(int(cfg["threads"]))  # tiny models: one thread avoids OpenMP oversubscription
     out.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process: write_text_atomic(out / "run_config.yaml", yaml.safe_dump(cfg, sort_keys=False))  # before any work: --resume checks it
     set_seed(cfg["seed"])  # before any model is built: a new connector's weights come from the seed, not the process
