@@ -31,11 +31,11 @@ def paper_stand_ins(folder: Path) -> dict:
     return data
 
 
-def train_paper_stage1(folder: Path, data: dict, out: Path):
-    sets = "stage1.global_batch=4 stage1.batch_size=4 stage1.max_steps=2 stage1.num_workers=0 stage1.save_every=0"
+def train_paper_stage1(folder: Path, data: dict, out: Path, more_sets: str = ""):
+    sets = "stage1.global_batch=4 stage1.batch_size=4 stage1.max_steps=2 stage1.num_workers=0 stage1.save_every=0 " + more_sets
     return subprocess.run(["vmllm_train", "--preset", "siglip-b16-224", "--output_dir", str(out), "--stages", "1",
                            "--llm", str(folder / "llm"), "--vision_tower", str(folder / "tower"),
-                           "--stage1_data", data["stage1"], "--stage1_images", data["image_folder"], "--set", sets],
+                           "--stage1_data", data.get("stage1"), "--stage1_images", data["image_folder"], "--set", sets],
                           capture_output=True, text=True, timeout=600, env=ENV)
 
 
@@ -53,6 +53,20 @@ def test_paper_preset_same_seed_same_weights(tmp_path):
     assert differ == [], differ
     h = [json.loads((tmp_path / n / "stage1" / "history.json").read_text()) for n in ("a", "b")]
     assert [s["loss"] for s in h[0]] == [s["loss"] for s in h[1]]
+
+
+@pytest.mark.faults
+def test_loader_workers_name_each_bad_row_once(tmp_path):
+    data = paper_stand_ins(tmp_path)
+    rows = json.loads(Path(data["stage1"]).read_text())
+    rows.append({**rows[0], "id": "gone", "image": "nope.png"})  # after the rows pre-flight reads
+    (tmp_path / "with_bad.json").write_text(json.dumps(rows))
+    r = train_paper_stage1(tmp_path, {**data, "stage1": str(tmp_path / "with_bad.json")}, tmp_path / "run",
+                           "stage1.num_workers=1 stage1.max_steps=12")  # 17 rows, 4 a step: three epochs
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("skipping") == 1, r.stderr[-3000:]
+    bad = json.loads((tmp_path / "run" / "stage1" / "bad_rows.json").read_text())
+    assert len(bad) == 1 and "(id gone): cannot read image" in bad[0], bad
 
 
 def test_second_writer_is_refused_at_start(tmp_path):

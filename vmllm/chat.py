@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from fastcore.script import Param, call_parse
 from transformers import TextStreamer
-from .core import IMAGE_TOKEN
+from .core import IMAGE_TOKEN, user_errors
 from .data import TEMPLATES
 from .infer import build_prompt, context_length, open_image, trained_template, with_image_placeholders
 
@@ -182,13 +182,13 @@ def vmllm_chat(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
                temperature: float = 0.2, # 0: greedy
                top_p: float = None,
                max_new_tokens: Param("tokens to generate per reply; default: a quarter of the model's context, at most 512", int) = None,
-               explain: Param("save layer/gate pictures for every question in this folder", str) = None):
+               explain: Param("save layer/gate pictures for every question in this folder", str) = None,
+               debug: bool = False): # show the full traceback of an error
     "Chat with a vmllm model about an image in the terminal."
     from vmllm.zoo import load_any
-    try:
+    with user_errors("vmllm_chat", debug):  # a user error: one line, exit code 2
         m, p = load_any(model, vision_tower)
         chat = Chat(m, p, conv_mode, [image] if image else [], max_new_tokens, temperature, top_p)
-    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_chat: {e}")
     interactive = sys.stdin.isatty()
     if interactive: print("[/reset starts a new conversation, an empty line ends the chat]")
     answered = 0

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #c003
 from __future__ import annotations
-import os, shutil
+import os, shutil, sys
+from contextlib import contextmanager
 from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'default_corpus', 'build_tokenizer',
-           'tiny_llm_config', 'require_files', 'ready_llm_tokenizer', 'load_llm_tokenizer', 'progress', 'WriteFailed',
-           'write_text_atomic']
+__all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'USER_ERRORS', 'default_corpus',
+           'build_tokenizer', 'tiny_llm_config', 'require_files', 'ready_llm_tokenizer', 'load_llm_tokenizer',
+           'progress', 'UserError', 'debug_requested', 'user_errors', 'WriteFailed', 'write_text_atomic']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
@@ -154,6 +155,25 @@ def progress(iterable=None, total: int | None = None, desc: str = "", disable: b
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, disable=disable, mininterval=0.1 if interactive else 30,
                 dynamic_ncols=interactive, **kwargs)
+
+# %% ../nbs/00_core.ipynb #ue02
+class UserError(Exception):
+    "An error the user fixes by changing the command (e.g. installing an extra); not a bug."
+
+USER_ERRORS = (ValueError, OSError, UserError)
+
+def debug_requested(debug: bool = False) -> bool:
+    "Whether a command shows full tracebacks: `--debug`, or `VMLLM_DEBUG` set to anything but 0."
+    return debug or os.environ.get("VMLLM_DEBUG", "0") not in ("", "0")
+
+@contextmanager
+def user_errors(prog: str, debug: bool = False):
+    "Run a command's body: a user error ends it with `prog: error: ...` on stderr and exit code 2; a bug keeps its traceback."
+    try: yield
+    except USER_ERRORS as e:
+        if debug_requested(debug): raise
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 # %% ../nbs/00_core.ipynb #589c21cc
 class WriteFailed(OSError):

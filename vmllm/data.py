@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from PIL import Image
+from fastcore.basics import patch
 from torch.utils.data import Dataset, Sampler
 from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, progress as progress_bar
 from .processor import ImageError, VmllmProcessor, images_to_front, open_rgb, pad_rows
@@ -394,3 +395,13 @@ def preflight(ds: LlavaDataset, n: int = 16) -> dict:
         checked, labelled, total = checked + 1, labelled + len(kept), total + len(ex["labels"])
     if checked == 0: raise ValueError(f"pre-flight: none of the rows of {ds.path} is usable")
     return dict(rows_checked=checked, labelled_fraction=labelled / total)
+
+# %% ../nbs/07_data.ipynb #d0b2
+@patch
+def note_bad_rows(self: LlavaDataset, indices):
+    "Remember rows a loader worker found bad, with their reason, so that later epochs skip them quietly."
+    for i in indices:
+        if i in self.bad_rows: continue
+        try: self.example(i)
+        except BadRow as e: self.bad_rows[i] = str(e)
+        else: self.bad_rows[i] = f"{self.where(i)}: skipped"

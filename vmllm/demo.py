@@ -8,6 +8,7 @@ import time
 import torch
 from fastcore.script import call_parse
 from PIL import Image, ImageDraw
+from .core import user_errors
 from .model import tiny_vmllm
 
 # %% auto #0
@@ -49,9 +50,12 @@ def vmllm_demo(family: str = "clip", # encoder family of the tiny model: clip or
                connector: str = "vmllm", # vmllm, or mlp2x_gelu (the LLaVA-1.5 baseline)
                steps: int = 30, # optimiser steps on the one caption
                max_new_tokens: int = 8, # tokens to generate
-               seed: int = 0): # random seed of the weights
+               seed: int = 0, # random seed of the weights
+               debug: bool = False): # show the full traceback of an error
     "Build a tiny vMLLM model offline, fit one caption and generate it back: a smoke test of the install."
-    r = run_demo(family, connector, steps, max_new_tokens, seed)
+    with user_errors("vmllm_demo", debug):  # a user error: one line, exit code 2
+        if steps < 1 or max_new_tokens < 1: raise ValueError(f"--steps and --max_new_tokens must be at least 1, not {steps} and {max_new_tokens}")
+        r = run_demo(family, connector, steps, max_new_tokens, seed)
     print(f"tiny vMLLM ({r['family']} encoder, {r['connector']} connector): {r['parameters']:,} parameters, "
           f"{r['trainable']:,} trainable")
     print(f"one image -> {r['image_tokens']} tokens; prompt of {r['input_tokens']} tokens")

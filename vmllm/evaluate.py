@@ -9,13 +9,13 @@ from collections import defaultdict
 from pathlib import Path
 import torch
 from fastcore.script import Param, call_parse
-from .core import WriteFailed, write_text_atomic, progress as progress_bar
+from .core import WriteFailed, user_errors, write_text_atomic, progress as progress_bar
 from .data import image_names, image_path, json_kind, row_place
 from .infer import build_prompt, context_length, generate_replies, normalize_answer, open_image
 
 # %% auto #0
-__all__ = ['LETTERS', 'MC_INSTRUCTION', 'options_of', 'question_text', 'read_question_rows', 'extract_letter', 'is_correct',
-           'check_writable', 'check_images_resolve', 'evaluate', 'results_table', 'vmllm_eval']
+__all__ = ['LETTERS', 'MC_INSTRUCTION', 'options_of', 'question_text', 'question_file', 'read_question_rows', 'extract_letter',
+           'is_correct', 'check_writable', 'check_images_resolve', 'evaluate', 'results_table', 'vmllm_eval']
 
 # %% ../nbs/12_evaluate.ipynb #c006
 LETTERS = "ABCDEFGHIJ"
@@ -32,10 +32,15 @@ def question_text(row: dict) -> str:
     if not opts: return q
     return "\n".join([q] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(opts)] + [MC_INSTRUCTION])
 
-def read_question_rows(path) -> tuple[list[dict], list[str]]:
-    "(good rows, messages for the skipped ones) of a .jsonl question file (UTF-8, a BOM allowed); rows get 'row' (1-based line number)."
+def question_file(path) -> Path:
+    "The question file at `path`, checked to exist (before any model is loaded)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"question file not found: {path}")
+    return path
+
+def read_question_rows(path) -> tuple[list[dict], list[str]]:
+    "(good rows, messages for the skipped ones) of a .jsonl question file (UTF-8, a BOM allowed); rows get 'row' (1-based line number)."
+    path = question_file(path)
     rows, skipped = [], []
     data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
     for i, raw in enumerate(data.split(b"\n"), 1):
@@ -178,16 +183,18 @@ def vmllm_eval(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
                results_file: str = None, # where to write the results (.json); default: QUESTIONS.results.json beside the questions
                vision_tower: str = None, # local CLIP/SigLIP directory, for released checkpoints without tower weights
                conv_mode: str = None, # template; default: the one the model was trained with
-               batch_size: int = 8, max_new_tokens: int = 16):
+               batch_size: int = 8, max_new_tokens: int = 16,
+               debug: bool = False): # show the full traceback of an error
     "Evaluate a vmllm model on a question file: exact match for open answers, the letter for multiple choice."
     from vmllm.zoo import load_any
-    try: m, p = load_any(model, vision_tower)
-    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_eval: {e}")
     results_file = results_file or str(Path(questions).with_suffix("")) + ".results.json"
     answers_file = answers_file or str(Path(results_file).with_suffix("")) + ".answers.jsonl"
-    try: r = evaluate(m, p, questions, image_folder, conv_mode, batch_size, max_new_tokens, answers_file, results_file,
-                      model_id=Path(model).name)
-    except (FileNotFoundError, ValueError, WriteFailed) as e: raise SystemExit(f"vmllm_eval: {e}")  # a missing file, an output that cannot be written
+    with user_errors("vmllm_eval", debug):  # a bad model, a missing file, an output that cannot be written: one line, exit 2
+        question_file(questions)
+        if image_folder and not Path(image_folder).is_dir(): raise FileNotFoundError(f"--image_folder not found: {image_folder}")
+        m, p = load_any(model, vision_tower)
+        r = evaluate(m, p, questions, image_folder, conv_mode, batch_size, max_new_tokens, answers_file, results_file,
+                     model_id=Path(model).name)
     for msg in r["skipped_rows"]: print(f"skipped {msg}")
     print(results_table(r))
     print(f"answers: {answers_file}\nresults: {results_file}")

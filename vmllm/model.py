@@ -9,6 +9,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 import torch
 from fastcore.basics import patch
+from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from torch import nn, Tensor
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
@@ -23,8 +24,8 @@ from .processor import VmllmProcessor
 
 # %% auto #0
 __all__ = ['FLOAT_DTYPES', 'CHECKPOINT_FILES', 'VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for',
-           'from_local_dirs', 'expand_image_tokens', 'left_aligned', 'refuse_bad_tensors', 'refuse_non_finite',
-           'stored_dtypes', 'VmllmBackbone', 'diff_state_dicts', 'load_pretrained']
+           'check_llm_source', 'from_local_dirs', 'expand_image_tokens', 'left_aligned', 'refuse_bad_tensors',
+           'refuse_non_finite', 'stored_dtypes', 'VmllmBackbone', 'diff_state_dicts', 'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -158,11 +159,24 @@ def from_parts(cls: VmllmForCausalLM, encoder_model, # a loaded `CLIPModel`/`Sig
                                          tuple(cfg.enhance_gates)).to(language_model.device)
     return model
 
+def check_llm_source(llm):
+    "A local LLM folder with its config and weights, or a hub id already in the local cache; else an error naming the path."
+    path = Path(str(llm)).expanduser()
+    if path.is_dir():
+        require_files(path, "config.json", "model.safetensors|model.safetensors.index.json|pytorch_model.bin", what="LLM")
+        return
+    try: cached = try_to_load_from_cache(str(llm), "config.json")
+    except ValueError: cached = None  # not even a valid hub id, e.g. an absolute path
+    if not isinstance(cached, str):
+        raise FileNotFoundError(f"LLM directory not found: {llm} (give the folder of a causal LM: its config.json, "
+                                "weights and tokenizer)")
+
 def from_local_dirs(vision_tower, # local CLIP/SigLIP directory (or a preset name found in the local cache)
                     llm, # local causal LM directory
                     llm_dtype=torch.float32, # DeepSpeed keeps fp32 master weights itself: bf16 is enough there
                     **config_kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
     "A new vMLLM model (the connector freshly initialised) and its processor from an encoder and an LLM on disk."
+    check_llm_source(llm)  # before the encoder is loaded
     encoder = load_encoder_model(vision_tower)
     lm = AutoModelForCausalLM.from_pretrained(llm, local_files_only=True, dtype=llm_dtype)
     tok = ready_llm_tokenizer(load_llm_tokenizer(llm))

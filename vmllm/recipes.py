@@ -18,7 +18,7 @@ from .connector import CONNECTORS
 from .data import TEMPLATES
 from .enhance import GATES, IMPLS, STREAMS
 from .processor import PROMPT_RULES
-from .core import require_files, write_text_atomic
+from .core import require_files, user_errors, write_text_atomic
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .synth import check_categories, make_toy_data, toy_corpus, toy_tokenizers
@@ -32,8 +32,9 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 __all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS',
            'LOCK_FILE', 'RUN_SAFE_TO_CHANGE', 'ModelOptions', 'ToyDataOptions', 'PretrainOptions', 'StageOptions',
            'RecipeOptions', 'check_range', 'check_together', 'check_section', 'check_recipe', 'merge', 'parse_sets',
-           'resolve', 'check_stage_options', 'stage_config', 'with_prompt_rule', 'real_model', 'output_lock',
-           'run_toy_model', 'check_resume_config', 'finished', 'stage_record', 'run', 'vmllm_train']
+           'resolve', 'read_config_file', 'parse_stages', 'check_stage_options', 'stage_config', 'with_prompt_rule',
+           'real_model', 'output_lock', 'run_toy_model', 'check_resume_config', 'finished', 'stage_record', 'run',
+           'vmllm_train']
 
 # %% ../nbs/13_recipes.ipynb #c006
 def _paper_preset(name: str) -> dict:
@@ -230,10 +231,24 @@ def resolve(preset: str = "toy", config_file=None, overrides: dict | None = None
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
     if config_file:
-        path = Path(config_file)
-        if not path.is_file(): raise FileNotFoundError(f"config file not found: {path}")
-        cfg = merge(cfg, yaml.safe_load(path.read_text()) or {})
+        cfg = merge(cfg, read_config_file(config_file))
     return check_recipe(merge(cfg, overrides or {}))
+
+def read_config_file(config_file) -> dict:
+    "The options of a YAML config file; a missing file, bad YAML or a top level that is not `key: value` lines fail naming the file."
+    path = Path(config_file)
+    if not path.is_file(): raise FileNotFoundError(f"config file not found: {path}")
+    try: options = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e: raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if options is None: return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{path} must hold `key: value` options (like the printed config), not a {type(options).__name__}")
+    return options
+
+def parse_stages(text: str) -> list[int]:
+    "`--stages 1,2` as `[1, 2]`."
+    try: return [int(s) for s in text.split(",")]
+    except ValueError: raise ValueError(f"--stages takes comma-separated stage numbers such as 1,2, not {text!r}") from None
 
 def check_stage_options(cfg: dict, stage: int):
     "A stage section's options: unknown ones and values of the wrong kind fail at once, naming the valid ones."
@@ -502,13 +517,15 @@ def vmllm_train(preset: str = "toy", # toy, clip-b32, clip-l14-336, siglip-b16-2
                 stages: str = None, # comma-separated stages to run, e.g. "2" (toy: 0,1,2)
                 set: str = None, # space-separated key=value overrides, e.g. "stage2.lr=1e-5 stage1.max_steps=100"
                 resume: bool = False, # continue the run in output_dir from its last checkpoint
-                strict: bool = False): # a bad data row stops the run instead of being skipped
+                strict: bool = False, # a bad data row stops the run instead of being skipped
+                debug: bool = False): # show the full traceback of an error
     "Train vMLLM with the paper's two-stage recipe, or the toy run on the generated shapes world."
-    flags = {"output_dir": output_dir, "model": {"llm": llm, "vision_tower": vision_tower, "init": init},
-             "stage1": {"data": stage1_data, "image_folder": stage1_images, "strict": strict or None},
-             "stage2": {"data": stage2_data, "image_folder": stage2_images, "strict": strict or None},
-             "stages": [int(s) for s in stages.split(",")] if stages else None}
-    drop_none = lambda d: {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items()
-                           if v is not None and not (isinstance(v, dict) and not drop_none(v))}
-    cfg = resolve(preset, config, merge(drop_none(flags), parse_sets(set.split() if set else [])))
-    run(cfg, resume=resume)
+    with user_errors("vmllm_train", debug):  # a user error: one line, exit code 2
+        flags = {"output_dir": output_dir, "model": {"llm": llm, "vision_tower": vision_tower, "init": init},
+                 "stage1": {"data": stage1_data, "image_folder": stage1_images, "strict": strict or None},
+                 "stage2": {"data": stage2_data, "image_folder": stage2_images, "strict": strict or None},
+                 "stages": parse_stages(stages) if stages else None}
+        drop_none = lambda d: {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items()
+                               if v is not None and not (isinstance(v, dict) and not drop_none(v))}
+        cfg = resolve(preset, config, merge(drop_none(flags), parse_sets(set.split() if set else [])))
+        run(cfg, resume=resume)

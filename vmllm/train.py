@@ -533,7 +533,9 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
         local = _local_batches(sampler, state["epoch"], world, rank)[state["batch_in_epoch"]:]
         micro = []
         for asked, batch in zip(local, DataLoader(ds, batch_sampler=local, collate_fn=collate, num_workers=cfg.num_workers)):
-            state["bad_rows"] = sorted(set(state.get("bad_rows", [])) | (set(asked) - set(batch.get("indices", asked))))
+            dropped = set(asked) - set(batch.get("indices", asked))
+            ds.note_bad_rows(dropped)  # loader workers' copies forget them: later epochs skip them quietly
+            state["bad_rows"] = sorted(set(state.get("bad_rows", [])) | dropped)
             if "input_ids" not in batch:  # every row was bad: run a placeholder of the step's modality instead
                 batch = {**placeholder_batch(processor, sampler.lengths[asked[0]] > 0), **{k: batch[k] for k in ("skipped", "ids", "shortened")}}
             micro.append(batch)

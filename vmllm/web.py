@@ -9,6 +9,7 @@ from pathlib import Path
 from fastcore.script import Param, call_parse
 from PIL import Image
 from .chat import Chat, explain_prediction
+from .core import UserError, user_errors
 
 # %% auto #0
 __all__ = ['answer_stream', 'build_app', 'vmllm_web']
@@ -91,12 +92,13 @@ def vmllm_web(model: Param("checkpoint directory: vmllm or released (LLaVA) layo
               conv_mode: str = None, # conversation template; default: the one saved with the processor
               port: int = 7860,
               host: str = "127.0.0.1", # 0.0.0.0 makes the page reachable from other machines
-              max_new_tokens: int = 256, temperature: float = 0.2):
+              max_new_tokens: int = 256, temperature: float = 0.2,
+              debug: bool = False): # show the full traceback of an error
     "Serve a web page to chat with a vmllm model about an image."
-    try: import gradio  # noqa: F401
-    except ImportError: raise SystemExit("vmllm_web needs gradio: pip install 'vmllm[demo]'")
-    from vmllm.zoo import load_any
-    try: m, p = load_any(model, vision_tower)
-    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_web: {e}")
-    print(f"vmllm_web: http://{host}:{port}", flush=True)
-    build_app(m, p, conv_mode, max_new_tokens, temperature).queue().launch(server_name=host, server_port=port)
+    with user_errors("vmllm_web", debug):  # a user error (no gradio, a bad model, a busy port): one line, exit code 2
+        try: import gradio  # noqa: F401
+        except ImportError: raise UserError("vmllm_web needs gradio: pip install 'vmllm[demo]'") from None
+        from vmllm.zoo import load_any
+        m, p = load_any(model, vision_tower)
+        print(f"vmllm_web: http://{host}:{port}", flush=True)
+        build_app(m, p, conv_mode, max_new_tokens, temperature).queue().launch(server_name=host, server_port=port)

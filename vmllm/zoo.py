@@ -4,24 +4,25 @@
 
 # %% ../nbs/11_zoo.ipynb #c003
 from __future__ import annotations
-import json, shutil
+import json, pickle, shutil
+from contextlib import contextmanager
 from pathlib import Path
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
-from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files
+from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files, user_errors
 from .encoder import ENCODER_PRESETS, FAMILY_RULES, model_from_config, encoder_config, family_of, load_encoder_model
 from .model import (VmllmConfig, VmllmForCausalLM, _allowed, load_pretrained, processor_for, refuse_bad_tensors,
                          refuse_non_finite)
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['WEIGHT_FILES', 'TOKENIZER_FILES', 'ENCODER_CONFIG_FILE', 'load_tensors', 'tensor_names', 'read_state_dict', 'rename',
-           'reference_names', 'to_our_names', 'projector_type', 'inspect_checkpoint', 'save_tower_dir',
-           'reference_state_dict', 'save_sharded', 'load_reference', 'load_any', 'load_projector', 'load_lora',
-           'to_vmllm', 'to_reference', 'write_reference_dir', 'describe', 'vmllm_convert']
+__all__ = ['WEIGHT_FILES', 'TOKENIZER_FILES', 'ENCODER_CONFIG_FILE', 'reading_weights', 'load_tensors', 'tensor_names',
+           'read_state_dict', 'rename', 'reference_names', 'to_our_names', 'projector_type', 'inspect_checkpoint',
+           'save_tower_dir', 'reference_state_dict', 'save_sharded', 'load_reference', 'load_any', 'load_projector',
+           'load_lora', 'to_vmllm', 'to_reference', 'write_reference_dir', 'describe', 'vmllm_convert']
 
 # %% ../nbs/11_zoo.ipynb #c006
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
@@ -38,16 +39,34 @@ def _weight_files(path: Path) -> list[Path]:
         return [path / s for s in shards]
     return []
 
+def _refusal(e: Exception) -> str:
+    "The line of torch's `weights_only` refusal that names the object it refused."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return next((l for l in lines if "GLOBAL" in l or "Unsupported" in l), lines[0] if lines else type(e).__name__)
+
+@contextmanager
+def reading_weights(f: Path):
+    "A weight file that cannot be read fails naming the file and why: a refused pickle, a truncated or foreign file."
+    try: yield
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{f}: refused: this pickle holds more than tensors, and loading it could run code "
+                         f"({_refusal(e)}). Use a safetensors copy of these weights, or one from a source you trust") from None
+    except (SafetensorError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{f}: cannot read its tensors ({_refusal(e)}): the file is truncated or not "
+                         f"{'safetensors' if f.suffix == '.safetensors' else 'a PyTorch weight file'}") from None
+
 def load_tensors(f: Path) -> dict:
     "All tensors of one file: safetensors, or a pickle read with `weights_only=True`."
-    if f.suffix == ".safetensors": return load_file(f)
-    return torch.load(f, map_location="cpu", weights_only=True)
+    with reading_weights(f):
+        if f.suffix == ".safetensors": return load_file(f)
+        return torch.load(f, map_location="cpu", weights_only=True)
 
 def tensor_names(f: Path) -> list[str]:
     "Tensor names of a file without reading the data (safetensors) or memory-mapped (.bin)."
-    if f.suffix == ".safetensors":
-        with safe_open(f, "pt") as s: return list(s.keys())
-    return list(torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys())
+    with reading_weights(f):
+        if f.suffix == ".safetensors":
+            with safe_open(f, "pt") as s: return list(s.keys())
+        return list(torch.load(f, map_location="cpu", weights_only=True, mmap=True).keys())
 
 def read_state_dict(path) -> dict:
     "Every tensor of a checkpoint directory, from single or sharded safetensors or .bin files."
@@ -381,16 +400,16 @@ def vmllm_convert(src: str, # checkpoint directory to read
                   dst: Param("directory to write", str, opt=False, nargs="?") = None,
                   vision_tower: str = None, # local CLIP/SigLIP directory, for checkpoints without tower weights
                   to: str = "vmllm", # 'vmllm' (from a released directory) or 'reference' (from a vmllm directory)
-                  inspect: bool = False): # only say what SRC is and what it lacks
+                  inspect: bool = False, # only say what SRC is and what it lacks
+                  debug: bool = False): # show the full traceback of an error
     "Inspect or convert checkpoints between the released (LLaVA) layout and vmllm's."
-    if to not in ("vmllm", "reference"): raise SystemExit(f"--to must be 'vmllm' or 'reference', not {to!r}")
-    if inspect or dst is None:
-        try: info = inspect_checkpoint(src)
-        except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_convert: {e}")
-        print(describe(info))
-        if info["kind"] == "unknown": raise SystemExit(f"vmllm_convert: {src} is not a checkpoint vmllm knows")
-        if dst is None and not inspect: raise SystemExit("give DST to convert (or --inspect to only inspect)")
-        return
-    try: out = to_vmllm(src, dst, vision_tower) if to == "vmllm" else to_reference(src, dst)
-    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"vmllm_convert: {e}")
-    print(f"wrote {out}\n" + describe(inspect_checkpoint(out)))
+    with user_errors("vmllm_convert", debug):  # a user error: one line, exit code 2
+        if to not in ("vmllm", "reference"): raise ValueError(f"--to must be 'vmllm' or 'reference', not {to!r}")
+        if inspect or dst is None:
+            info = inspect_checkpoint(src)
+            print(describe(info))
+            if info["kind"] == "unknown": raise ValueError(f"{src} is not a checkpoint vmllm knows")
+            if dst is None and not inspect: raise ValueError("give DST to convert (or --inspect to only inspect)")
+            return
+        out = to_vmllm(src, dst, vision_tower) if to == "vmllm" else to_reference(src, dst)
+        print(f"wrote {out}\n" + describe(inspect_checkpoint(out)))
