@@ -373,8 +373,9 @@ def safetensors_problem(path) -> str | None:
         except ValueError: return "is not a safetensors file: its header is not JSON"
     try: end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (AttributeError, IndexError, KeyError, TypeError): return "is not a safetensors file: its header lists no tensors"
-    if 8 + n + end != size: return f"is {size} bytes but its header describes {8 + n + end} (cut short?)"
-    return None
+    described = 8 + n + end
+    if described == size: return None
+    return f"is {size} bytes but its header describes {described} ({'cut short' if size < described else 'bytes added at its end'})"
 
 def json_problem(path, keys=()) -> str | None:
     "What is wrong with a JSON file (None: it parses, as an object holding `keys`)."
