@@ -124,6 +124,28 @@ def test_two_process_run_resumes_exactly_and_safely(config, tmp_path):
     assert all((a[k] == b[k]).all() for k in a), config
 
 
+
+@pytest.mark.parametrize("config", [pytest.param("ddp", id="ddp"), pytest.param("zero2.yaml", marks=no_deepspeed)])
+def test_two_processes_skip_the_same_broken_checkpoint(config, tmp_path):
+    "The newest checkpoint's RNG file of process 1 is broken, which only process 1 reads: both skip it and resume from the older one."
+    from safetensors.torch import load_file
+    sets = TINY.replace("stage1.max_steps=3", "stage1.max_steps=4").replace("stage1.save_every=0", "stage1.save_every=1")
+    env = {**ENV, "MKL_CBWR": "COMPATIBLE"}
+    command = TORCHRUN if config == "ddp" else launch(config)
+    def go(out, *extra, kill=None):
+        return subprocess.run(command + ["--preset", "toy", "--stages", "0,1", "--output_dir", str(out), "--set",
+                                         f"{sets} stage1.batch_size=4", *extra], capture_output=True, text=True, timeout=900,
+                              env={**env, "VMLLM_KILL_AT": kill} if kill else env)
+    assert go(tmp_path / "straight").returncode == 0
+    assert go(tmp_path / "run", kill="stage1:step3").returncode != 0  # checkpoints at steps 2 and 3
+    (tmp_path / "run" / "stage1" / "checkpoint-3" / "rng-1.json").write_text(json.dumps({"torch": []}))
+    r = go(tmp_path / "run", "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipping checkpoint-3, it is broken: loading it failed: KeyError" in r.stdout, r.stdout[-3000:]
+    assert "checkpoint-2 at step 2" in r.stdout, r.stdout[-3000:]
+    a, b = (load_file(tmp_path / d / "stage1" / "final" / "model.safetensors") for d in ("straight", "run"))
+    assert all((a[k] == b[k]).all() for k in a), config
+
 def test_gpu_check_runs_its_code_path_on_tiny_models():
     "The prepared GPU check (benchmarks/gpu_check.py) on tiny models on the CPU: every part runs and reports."
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu"],

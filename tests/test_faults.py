@@ -73,3 +73,18 @@ def test_toy_init_is_used(straight, tmp_path):
     first = json.loads((out / "stage2" / "history.json").read_text())[0]["loss"]
     fresh = json.loads((straight / "stage2" / "history.json").read_text())[0]["loss"]
     assert first < fresh  # it starts from the trained model, not from random weights
+
+
+def test_resume_skips_a_broken_checkpoint(straight, tmp_path):
+    "The newest checkpoint cut short after the crash: resuming names it, continues from the older one and ends as the straight run."
+    out = tmp_path / "run"
+    r = train(out, kill_at="stage2:step5")  # stage 2 has checkpoints at steps 2 and 4
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    broken = out / "stage2" / "checkpoint-4" / "trainable.safetensors"
+    broken.write_bytes(broken.read_bytes()[:-100])
+    r = train(out, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"skipping checkpoint-4, it is broken: {broken} is" in r.stdout, r.stdout[-3000:]
+    assert f"resuming from {out / 'stage2' / 'checkpoint-2'} at step 2" in r.stdout, r.stdout[-3000:]
+    a, b = weights(straight), weights(out)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

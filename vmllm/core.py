@@ -13,7 +13,8 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'USER_ERRORS', 'default_corpus',
            'build_tokenizer', 'tiny_llm_config', 'require_files', 'ready_llm_tokenizer', 'load_llm_tokenizer',
-           'progress', 'UserError', 'debug_requested', 'user_errors', 'WriteFailed', 'write_text_atomic']
+           'progress', 'UserError', 'debug_requested', 'user_errors', 'WriteFailed', 'write_text_atomic',
+           'write_bytes_atomic']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
@@ -179,13 +180,13 @@ def user_errors(prog: str, debug: bool = False):
 class WriteFailed(OSError):
     "A file or folder could not be written; the message says where, why and how much space is left."
 
-def write_text_atomic(path, text: str) -> Path:
-    "Write a text file under a temporary name, then rename it: a reader finds the old file or the new one, never a part."
+def _write_atomic(path, write) -> Path:
+    "Call `write(tmp)` on a temporary name next to `path`, then rename it to `path`; a failure removes the part and says why."
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -193,3 +194,11 @@ def write_text_atomic(path, text: str) -> Path:
         raise WriteFailed(f"could not write {path}: {e.__class__.__name__}: {e} ({free:.0f} MiB free on that disk); "
                           "an earlier copy, if any, is untouched") from e
     return path
+
+def write_text_atomic(path, text: str) -> Path:
+    "Write a text file under a temporary name, then rename it: a reader finds the old file or the new one, never a part."
+    return _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    "`write_text_atomic` for bytes (an image rendered in memory, for instance)."
+    return _write_atomic(path, lambda tmp: tmp.write_bytes(data))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #c003
 from __future__ import annotations
-import hashlib, json, math, os, random, shutil, signal, time
+import hashlib, io, json, math, os, pickle, random, shutil, signal, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
-from .core import IGNORE_INDEX, WriteFailed, write_text_atomic, progress as progress_bar
+from .core import IGNORE_INDEX, WriteFailed, write_bytes_atomic, write_text_atomic, progress as progress_bar
 from .encoder import text_input_rule
 from .processor import chat_template_for
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
@@ -26,12 +26,14 @@ from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'lora_targets',
            'lora_config', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'predicting_positions', 'loss_sum_on_labels',
-           'adamw_options', 'CheckpointWriteError', 'atomic_dir', 'latest_checkpoint', 'trainable_state',
-           'save_optimizer', 'read_optimizer', 'fsdp_full_state', 'write_trained_state', 'rng_state', 'set_rng_state',
-           'deepspeed_safe_loading', 'save_checkpoint', 'load_checkpoint', 'data_fingerprint', 'changed_settings',
-           'plot_history', 'backend_of', 'configure_deepspeed', 'zero3_off', 'placeholder_batch', 'full_state_dict',
-           'merge_lora_state', 'prepare_for_stage', 'fresh_state', 'resume_state', 'forward_sum', 'optimizer_step',
-           'record_step', 'save_final', 'train_stage', 'caption_pairs', 'train_contrastive', 'train_language_model']
+           'adamw_options', 'CheckpointWriteError', 'CheckpointMismatch', 'atomic_dir', 'checkpoints',
+           'latest_checkpoint', 'trainable_state', 'save_optimizer', 'read_optimizer', 'fsdp_full_state',
+           'write_trained_state', 'rng_state', 'set_rng_state', 'deepspeed_safe_loading', 'save_checkpoint',
+           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'BrokenCheckpoints',
+           'safetensors_problem', 'json_problem', 'checkpoint_problems', 'backend_of', 'configure_deepspeed',
+           'zero3_off', 'placeholder_batch', 'full_state_dict', 'merge_lora_state', 'prepare_for_stage', 'fresh_state',
+           'resume_state', 'forward_sum', 'optimizer_step', 'record_step', 'save_final', 'train_stage', 'caption_pairs',
+           'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
 @dataclass
@@ -150,6 +152,9 @@ SAFE_TO_CHANGE = ("save_every", "keep_checkpoints", "num_workers", "preflight_ro
 class CheckpointWriteError(WriteFailed):
     "A checkpoint or model folder could not be written; the message says where, why and how much space is left."
 
+class CheckpointMismatch(ValueError):
+    "A checkpoint that cannot serve this run whole as it is (another backend, number of processes, vmllm version or stage)."
+
 def _kill_point(point: str):
     "Fault injection for the crash tests: `VMLLM_KILL_AT=<point>` kills the process (SIGKILL) when it reaches `point`."
     if os.environ.get("VMLLM_KILL_AT") == point: os.kill(os.getpid(), signal.SIGKILL)
@@ -178,10 +183,14 @@ def atomic_dir(path):
     except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
     _publish(tmp, path)
 
+def checkpoints(output_dir) -> list[Path]:
+    "The complete `checkpoint-N` folders of a run, newest first."
+    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name[11:].isdigit()]
+    return sorted(ckpts, key=lambda p: int(p.name[11:]), reverse=True)
+
 def latest_checkpoint(output_dir) -> Path | None:
     "The newest complete `checkpoint-N` folder of a run, if any."
-    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name[11:].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name[11:]), default=None)
+    return next(iter(checkpoints(output_dir)), None)
 
 def trainable_state(model) -> dict:
     "The tensors training changes (the parameters that require grad)."
@@ -276,14 +285,15 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt,
 def load_checkpoint(acc: Accelerator, ckpt: Path, model, opt, sched) -> dict:
     "Restore what `save_checkpoint` wrote (nothing in it can run code); returns the trainer state."
     if backend_of(acc) == "deepspeed":
-        if not (ckpt / "deepspeed").is_dir(): raise ValueError(f"{ckpt} was not written under DeepSpeed: resume with the backend that wrote it")
+        if not (ckpt / "deepspeed").is_dir(): raise CheckpointMismatch(f"{ckpt} was not written under DeepSpeed: resume with the backend that wrote it")
         with deepspeed_safe_loading():
-            acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
-                                                                load_lr_scheduler_states=False)
+            found, _ = acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
+                                                                           load_lr_scheduler_states=False)
+        if found is None: raise FileNotFoundError(f"DeepSpeed found no state to load in {ckpt / 'deepspeed'}")
     else: _load_trained_tensors(acc, ckpt, model, opt)
     sched.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
     rng = ckpt / f"rng-{acc.process_index}.json"
-    if not rng.exists(): raise ValueError(f"{ckpt} was written by fewer processes than {acc.num_processes}: resume with the same number")
+    if not rng.exists(): raise CheckpointMismatch(f"{ckpt} was written by fewer processes than {acc.num_processes}: resume with the same number")
     set_rng_state(json.loads(rng.read_text()))
     return json.loads((ckpt / STATE_FILE).read_text())
 
@@ -291,15 +301,15 @@ def _load_trained_tensors(acc: Accelerator, ckpt: Path, model, opt):
     "The trained parameters and the optimizer state of a checkpoint written without DeepSpeed."
     inner, fsdp = acc.unwrap_model(model), backend_of(acc) == "fsdp"
     if not (ckpt / "trainable.safetensors").exists():
-        raise ValueError(f"{ckpt} is not a checkpoint of this vmllm version (an older one used pickled state, which resuming "
+        raise CheckpointMismatch(f"{ckpt} is not a checkpoint of this vmllm version (an older one used pickled state, which resuming "
                          "no longer reads, as it can run code): restart the stage, or start from its last final model")
     tensors = load_file(ckpt / "trainable.safetensors")
     missing = sorted({n for n, p in inner.named_parameters() if p.requires_grad} - set(tensors))
-    if missing: raise ValueError(f"{ckpt} does not hold the tensors this stage trains, e.g. {missing[:3]}: "
+    if missing: raise CheckpointMismatch(f"{ckpt} does not hold the tensors this stage trains, e.g. {missing[:3]}: "
                                  "was it written by another stage or with other options (LoRA)?")
     osd = read_optimizer(ckpt)
     if any(isinstance(k, str) for k in osd["state"]) != fsdp:
-        raise ValueError(f"{ckpt} was written {'without' if fsdp else 'under'} FSDP: resume with the backend that wrote it")
+        raise CheckpointMismatch(f"{ckpt} was written {'without' if fsdp else 'under'} FSDP: resume with the backend that wrote it")
     if fsdp:  # every process reads the whole state and keeps its shard
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
         set_state_dict(model, getattr(opt, "optimizer", opt), model_state_dict=tensors, optim_state_dict=osd,
@@ -330,7 +340,7 @@ def changed_settings(old: dict, new: dict, safe=SAFE_TO_CHANGE, prefix: str = ""
     return out
 
 def plot_history(history: list, path):
-    "Loss (and learning rate) against step, as a PNG."
+    "Loss (and learning rate) against step, as a PNG, written whole (rendered in memory, then `write_bytes_atomic`)."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -338,7 +348,80 @@ def plot_history(history: list, path):
     ax.set(xlabel="step", ylabel="loss", yscale="log", title=Path(path).parent.name)
     ax2 = ax.twinx(); ax2.plot([h["step"] for h in history], [h["lr"] for h in history], color="gray", lw=0.8, ls="--")
     ax2.set_ylabel("learning rate", color="gray")
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())
+
+# %% ../nbs/10_train.ipynb #c012w
+class BrokenCheckpoints(ValueError):
+    "No checkpoint of a run is intact; the message names the folder, each file that is wrong and what to do."
+
+_JSON_KEYS = {STATE_FILE: ("step", "config"), "optimizer.json": ("param_groups", "state"), "scheduler.json": ("last_epoch",)}
+_TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors", "optimizer.json")  # written together without DeepSpeed
+
+def safetensors_problem(path) -> str | None:
+    "What is wrong with a safetensors file, read from its header alone (None: it looks whole)."
+    size = Path(path).stat().st_size
+    if size < 8: return f"is {size} bytes, too short for a safetensors file"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8: return (f"is not a whole safetensors file: its first bytes announce a {n}-byte header in a "
+                                 f"{size}-byte file (cut short, or another format such as a pickle)")
+        try: header = json.loads(f.read(n))
+        except ValueError: return "is not a safetensors file: its header is not JSON"
+    try: end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, IndexError, KeyError, TypeError): return "is not a safetensors file: its header lists no tensors"
+    described = 8 + n + end
+    if described == size: return None
+    return f"is {size} bytes but its header describes {described} ({'cut short' if size < described else 'bytes added at its end'})"
+
+def json_problem(path, keys=()) -> str | None:
+    "What is wrong with a JSON file (None: it parses, as an object holding `keys`)."
+    text = Path(path).read_bytes()
+    if not text: return "is empty"
+    try: value = json.loads(text)
+    except ValueError as e: return f"is not valid JSON ({e})"
+    if not isinstance(value, dict) or any(k not in value for k in keys):
+        return f"is not what vmllm writes there (an object with {', '.join(keys) or 'keys'})"
+    return None
+
+def _file_problem(path: Path) -> str | None:
+    "What is wrong with one entry of a checkpoint folder (files vmllm does not write there are never opened)."
+    if path.suffix == ".safetensors": return safetensors_problem(path)
+    if path.suffix == ".json": return json_problem(path, _JSON_KEYS.get(path.name, ("torch",) if path.name.startswith("rng-") else ()))
+    if path.name == "deepspeed" and path.is_dir():
+        files = [f for f in sorted(path.rglob("*")) if f.is_file()]
+        if not files: return "holds no files"
+        return next((f"holds {f.relative_to(path)}, which is empty" for f in files if f.stat().st_size == 0), None)
+    return None
+
+def checkpoint_problems(ckpt) -> list[str]:
+    "What cheap checks find wrong with a checkpoint folder: files missing, JSON that does not parse, safetensors that do not match their size."
+    ckpt = Path(ckpt)
+    deepspeed = (ckpt / "deepspeed").is_dir()
+    if not deepspeed and not any((ckpt / f).exists() for f in _TENSOR_FILES): return []  # another layout: loading says which
+    wanted = [STATE_FILE, "scheduler.json", "rng-0.json", *(() if deepspeed else _TENSOR_FILES)]
+    problems = [f"{ckpt / f} is missing" for f in wanted if not (ckpt / f).exists()]
+    return problems + [f"{p} {problem}" for p in sorted(ckpt.iterdir()) if (problem := _file_problem(p))]
+
+def _agreed(acc: Accelerator, problem: str | None) -> str | None:
+    "The first problem any process found (None if none did): every process gets the same verdict."
+    return next((p for p in gather_object([problem]) if p), None)
+
+_LOAD_ERRORS = (OSError, SafetensorError, ValueError, KeyError, IndexError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError)
+
+def _try_load(acc: Accelerator, ckpt: Path, model, opt, sched) -> tuple[dict | None, str | None]:
+    "`load_checkpoint`'s state and None, or None and why loading failed on some process (a mismatch stops every process)."
+    state, problem, mismatch = None, None, None
+    try: state = load_checkpoint(acc, ckpt, model, opt, sched)
+    except CheckpointMismatch as e: mismatch = str(e)
+    except _LOAD_ERRORS as e: problem = f"loading it failed: {e.__class__.__name__}: {e}"
+    mismatch = _agreed(acc, mismatch)
+    if mismatch: raise CheckpointMismatch(mismatch)
+    problem = _agreed(acc, problem)
+    return (None, problem) if problem else (state, None)
 
 # %% ../nbs/10_train.ipynb #c012b
 def backend_of(acc: Accelerator) -> str:
@@ -416,16 +499,29 @@ def fresh_state(cfg: StageConfig) -> dict:
     return dict(step=0, epoch=0, batch_in_epoch=0, skipped=0, shortened=0, samples=0, history=[], config=asdict(cfg),
                 data=data_fingerprint(cfg.data), bad_rows=[])
 
-def resume_state(acc: Accelerator, out: Path, cfg: StageConfig, model, opt, sched) -> dict:
-    "The state to continue from: the newest checkpoint's if it was written with the same settings and data."
-    ckpt, state = latest_checkpoint(out), fresh_state(cfg)
-    if ckpt is None: return state
+def _refuse_other_settings(ckpt: Path, cfg: StageConfig, fresh: dict):
+    "Stop if `ckpt` was written with other settings or data than `cfg` (those in `SAFE_TO_CHANGE` may differ)."
     saved = json.loads((ckpt / STATE_FILE).read_text())
-    changed = changed_settings(saved["config"], state["config"])
-    if saved.get("data") not in (None, state["data"]): changed.append(f"data: {cfg.data} is not the file the run started with")
+    changed = changed_settings(saved["config"], fresh["config"])
+    if saved.get("data") not in (None, fresh["data"]): changed.append(f"data: {cfg.data} is not the file the run started with")
     if changed: raise ValueError(f"cannot resume from {ckpt}: the run was started with other settings ({'; '.join(changed)}). "
                                  f"Resume with the original ones, or start a new output directory. Safe to change: {', '.join(SAFE_TO_CHANGE)}")
-    state = load_checkpoint(acc, ckpt, model, opt, sched)
+
+def resume_state(acc: Accelerator, out: Path, cfg: StageConfig, model, opt, sched) -> dict:
+    "The state to continue from: the newest intact checkpoint's (broken ones are skipped, saying why), if written with the same settings and data."
+    fresh, skipped = fresh_state(cfg), []
+    for ckpt in checkpoints(out):
+        state, problem = None, _agreed(acc, "; ".join(checkpoint_problems(ckpt)) or None)
+        if problem is None:
+            _refuse_other_settings(ckpt, cfg, fresh)
+            state, problem = _try_load(acc, ckpt, model, opt, sched)
+        if state is not None: break
+        skipped.append(f"{ckpt.name}: {problem}")
+        if acc.is_main_process: print(f"skipping {ckpt.name}, it is broken: {problem}")
+    else:
+        if not skipped: return fresh
+        raise BrokenCheckpoints(f"no intact checkpoint to resume from in {out} ({' | '.join(skipped)}): delete the broken "
+                                "checkpoint folders (the stage then starts afresh), or run without --resume")
     state["config"] = asdict(cfg)  # what this run uses: only safe settings can differ
     if acc.is_main_process: print(f"resuming from {ckpt} at step {state['step']}")
     return state
