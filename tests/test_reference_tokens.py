@@ -4,6 +4,8 @@
 - vmllm's data pipeline (rows in, ids and labels out) against `tests/goldens/llava_tokens.json`:
   what LLaVA's and the vMLLM reference's own preprocessing produced for the 67 conversations of
   `tests/goldens/conversations.json` (made by `tools/make_token_goldens.py`).
+- the `llama3_next` template against `tests/goldens/llava_next_tokens.json`: what LLaVA-NeXT's own
+  `preprocess_llama3` produced for the same conversations (made by `tools/make_llava_next_goldens.py`).
 
 The vocabularies ship inside the llama-cpp-python source distribution; `python tools/fetch_llama_vocabs.py`
 downloads it once and converts them into a local cache. Without that cache these tests skip, saying so.
@@ -141,3 +143,51 @@ def test_ids_and_labels_match_llava(vocab, template, corpus):
     print(vocab, template, tally)
     if (vocab, template) != ("llama-bpe", "vicuna_v1"):  # LLaVA cannot run that pair at all
         assert tally.get("identical", 0) >= 40  # the corpus is mostly ordinary rows: they must all agree exactly
+
+
+# llama3_next against LLaVA-NeXT's own preprocess_llama3 (tests/goldens/llava_next_tokens.json, made by
+# tools/make_llava_next_goldens.py). Two deliberate differences, each checked for what it is:
+IMAGE_LEFT_IN_PLACE = "<image> at a turn's start kept there"  # LLaVA-NeXT moves only an <image> inside the text;
+                                                              # vmllm moves every one as LLaVA does, at every door
+HEADERS_LEARNT = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "assistant", "ĊĊ")
+# LLaVA-NeXT also learns every turn's header tokens, the system/user <|eot_id|> and the assistant header; vmllm learns
+# the replies and their <|eot_id|> only, as for every other template
+
+
+def llava_next_difference(row, gold):
+    if row["id"] in ROW_RULES: return BAD_ROW
+    if any(m.startswith("<image>") and m[len("<image>"):][:1] not in ("", "\n") for m in gold["messages"]):
+        return IMAGE_LEFT_IN_PLACE
+    if row["id"] == "reply_vietnamese": return SAME_TEXT
+    return None
+
+
+@needs_vocabs
+def test_llama3_next_matches_llava_next(corpus):
+    folder, rows = corpus
+    gold = json.loads((GOLDENS / "llava_next_tokens.json").read_text())["goldens"]
+    proc = processor_for("llama-bpe")
+    tok = proc.tokenizer
+    ds = LlavaDataset(folder / "rows.json", folder / "images", proc, "llama3_next")
+    headers = {tok.convert_tokens_to_ids(t) for t in HEADERS_LEARNT}
+    tally = {}
+    for i, row in enumerate(rows):
+        g = gold[row["id"]]
+        why = llava_next_difference(row, g)
+        tally[why or "identical"] = tally.get(why or "identical", 0) + 1
+        if why == BAD_ROW:
+            with pytest.raises(BadRow): ds.example(i)
+            continue
+        ex = ds.example(i)
+        ids = [-200 if t == proc.image_token_id else t for t in ex["input_ids"]]
+        text = lambda x: tok.decode([t for t in x if t >= 0])
+        if why == SAME_TEXT: assert text(ids) == text(g["input_ids"]), row["id"]
+        if why == IMAGE_LEFT_IN_PLACE:  # the same words; only the white space after the image differs
+            squash = lambda s: "".join(s.split())
+            assert squash(text(ids)) == squash(text(g["input_ids"])), row["id"]
+        if why: continue
+        assert ids == g["input_ids"], row["id"]
+        for t, ours, theirs in zip(ids, ex["labels"], g["labels"]):
+            assert ours == theirs or (ours == IGNORE_INDEX and theirs in headers), (row["id"], tok.convert_ids_to_tokens(t))
+    print("llama3_next vs LLaVA-NeXT", tally)
+    assert tally.get("identical", 0) >= 55  # all ordinary rows agree exactly

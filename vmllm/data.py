@@ -48,7 +48,8 @@ def _render_vicuna(turns, tok, open_end):
     if open_end: text += "ASSISTANT:"
     return text, spans
 
-def _llama3(turns, tok, open_end: bool, system: str, begin: str):
+def _llama3(turns, tok, open_end: bool, system: str, begin: str,
+            trim: bool = False): # LLaVA-NeXT's form: each message trimmed, an empty one still closed by <|eot_id|>
     "A Llama-3 header conversation: `begin` + system turn, then user/assistant turns closed by `<|eot_id|>`."
     if tok.convert_tokens_to_ids("<|eot_id|>") in (None, tok.unk_token_id):
         raise ValueError("the llama3 templates need a tokenizer that knows <|eot_id|> (a Llama-3 tokenizer)")
@@ -56,7 +57,8 @@ def _llama3(turns, tok, open_end: bool, system: str, begin: str):
     text, spans = begin + h("system") + system + "<|eot_id|>", []
     for role, msg in turns:
         text += h("user" if role == "human" else "assistant")
-        if not msg: continue  # an empty message renders as its bare header
+        if trim: msg = msg.strip()  # LLaVA-NeXT renders each message through Llama-3's chat template, which trims it
+        elif not msg: continue      # the reference: an empty message renders as its bare header
         if role == "human": text += msg + "<|eot_id|>"
         else:
             reply = msg + "<|eot_id|>"
@@ -69,8 +71,8 @@ def _render_llama3(turns, tok, open_end):
     return _llama3(turns, tok, open_end, VICUNA_SYSTEM, "<|begin_of_text|>")
 
 def _render_llama3_next(turns, tok, open_end):
-    "LLaVA-NeXT's `llama3` conversation: its own system prompt, one BOS."
-    return _llama3(turns, tok, open_end, LLAMA3_SYSTEM, "")
+    "LLaVA-NeXT's `llama3` conversation: its own system prompt, one BOS, each message trimmed and closed by `<|eot_id|>`."
+    return _llama3(turns, tok, open_end, LLAMA3_SYSTEM, "", trim=True)
 
 def _render_chat_template(turns, tok, open_end):
     "The tokenizer's chat template; a reply's span is what rendering it adds after the generation prompt."

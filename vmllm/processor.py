@@ -132,10 +132,10 @@ _VICUNA = """{{- SYSTEM -}}
 {%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"""
 _LLAMA3 = """{{- BEGIN ~ '<|start_header_id|>system<|end_header_id|>\\n\\n' ~ SYSTEM ~ '<|eot_id|>' -}}
 {%- for message in messages -%}
-{%- set text = vmllm_text(message) -%}
+{%- set text = vmllm_text(message) TRIM -%}
 {{- '<|start_header_id|>' ~ message['role'] ~ '<|end_header_id|>\\n\\n' -}}
-{%- if text and message['role'] == 'user' -%}{{ text ~ '<|eot_id|>' }}
-{%- elif text -%}{% generation %}{{ text ~ '<|eot_id|>' }}{% endgeneration %}{%- endif -%}
+{%- if (text or CLOSE_EMPTY) and message['role'] == 'user' -%}{{ text ~ '<|eot_id|>' }}
+{%- elif text or CLOSE_EMPTY -%}{% generation %}{{ text ~ '<|eot_id|>' }}{% endgeneration %}{%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"""
 _PLAIN = """{%- if messages | length > 2 or (messages | length == 1 and not add_generation_prompt) -%}
@@ -145,6 +145,11 @@ _PLAIN = """{%- if messages | length > 2 or (messages | length == 1 and not add_
 {{- '<image>' -}}
 {%- if messages | length > 1 -%}{% generation %}{{ vmllm_text(messages[1]) ~ '\\n' }}{% endgeneration %}{%- endif -%}"""
 
+def _llama3_layout(begin: str, system: str, trim: bool) -> str:
+    "The Llama-3 layout with its BOS text and system prompt; `trim`: LLaVA-NeXT's form (messages trimmed, empty ones closed)."
+    return (_LLAMA3.replace("BEGIN", json.dumps(begin)).replace("SYSTEM", json.dumps(system))
+            .replace("TRIM", "| trim" if trim else "").replace("CLOSE_EMPTY", "true" if trim else "false"))
+
 def chat_template_for(template: str, # one of the templates of `vmllm.data.render_conversation` but 'chat_template'
                       system: str | None = None, # vicuna_v1 only: another system prompt ('' for none)
                      ) -> str:
@@ -152,13 +157,12 @@ def chat_template_for(template: str, # one of the templates of `vmllm.data.rende
     if system is not None and template != "vicuna_v1": raise ValueError("only vicuna_v1 takes another system prompt")
     system = VICUNA_SYSTEM if system is None else system
     layouts = {"vicuna_v1": _VICUNA.replace("SYSTEM", json.dumps(system + " " if system else "")), "plain": _PLAIN,
-               "llama3": _LLAMA3.replace("BEGIN", json.dumps("<|begin_of_text|>")).replace("SYSTEM", json.dumps(VICUNA_SYSTEM)),
-               "llama3_next": _LLAMA3.replace("BEGIN", '""').replace("SYSTEM", json.dumps(LLAMA3_SYSTEM))}
+               "llama3": _llama3_layout("<|begin_of_text|>", VICUNA_SYSTEM, trim=False),
+               "llama3_next": _llama3_layout("", LLAMA3_SYSTEM, trim=True)}
     if template not in layouts:
         raise ValueError(f"no chat template for {template!r}: use one of {list(layouts)} "
                          "('chat_template' models use their tokenizer's own)")
     return _JINJA_MESSAGE + layouts[template]
-
 
 # %% ../nbs/04_processor.ipynb #c005q
 PROMPT_RULES = ("all_user_turns", "latest_user_turn")
