@@ -1,10 +1,11 @@
 """Training at scale, on two CPU processes: DDP (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 and FSDP2 (through
 `accelerate launch` with the shipped configs) train a toy stage with gradient accumulation to the same per-step losses
-as one process with the same global batch, and save a final model that reloads with the same logits; a run killed
+as one process with the same global batch (also as two nodes of one process each, launched apart), and save a final
+model that reloads with the same logits; a run killed
 after a checkpoint resumes to the same weights, and DeepSpeed's own checkpoint files refuse a planted pickle.
 DeepSpeed is an optional extra (`pip install -e ".[deepspeed]"`); without it its cases skip. Own CI step:
 `pytest -m backends tests`."""
-import importlib.util, json, os, shutil, subprocess, sys
+import importlib.util, json, os, shutil, socket, subprocess, sys
 from pathlib import Path
 
 import pytest, torch
@@ -72,6 +73,39 @@ def test_two_processes_train_like_one(command, reference, tmp_path):
         assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(ours, theirs)), (stage, ours, theirs)
     a, b = logits_of(s2 / "stage2" / "final"), logits_of(reference / "s2" / "stage2" / "final")
     assert (a - b).abs().max() <= 1e-3 * b.abs().max(), (a - b).abs().max()  # the gathered final model reloads
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_command(kind, rank, port):
+    "One node of a two-node job on this machine (one process per node, gloo): what each node of a cluster runs."
+    if kind == "ddp":
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                "--master_addr", "127.0.0.1", "--master_port", str(port), shutil.which("vmllm_train")]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"), "--num_machines", "2",
+            "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+            "--num_processes", "2", "--mixed_precision", "no", shutil.which("vmllm_train")]
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_two_nodes_train_like_one_process(kind, reference, tmp_path):
+    "Two nodes of one process each (torchrun for DDP, accelerate for FSDP2), started apart: one process's losses and model."
+    port, out = free_port(), tmp_path / "run"
+    nodes = [subprocess.Popen(node_command(kind, rank, port) + ["--preset", "toy", "--stages", "0,1", "--output_dir", str(out),
+                                                                 "--set", f"{TINY} stage1.batch_size=4 stage2.batch_size=4"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for rank in (0, 1)]
+    logs = [node.communicate(timeout=900) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, logs): assert node.returncode == 0, stderr[-3000:]
+    assert f"backend: {'ddp' if kind == 'ddp' else 'fsdp'} on 2 process(es)" in logs[0][0], logs[0][0][-2000:]
+    ours, theirs = losses(out, 1), losses(reference / "s1", 1)
+    assert len(ours) == len(theirs) == 3
+    assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(ours, theirs)), (ours, theirs)
+    a, b = logits_of(out / "stage1" / "final"), logits_of(reference / "s1" / "stage1" / "final")
+    assert (a - b).abs().max() <= 1e-3 * b.abs().max(), (a - b).abs().max()
 
 
 @no_deepspeed
