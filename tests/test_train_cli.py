@@ -34,3 +34,9 @@ def test_bad_flags_give_clear_errors(tmp_path):
         r = run(["vmllm_train", "--preset", "toy", "--output_dir", str(tmp_path / "y"), "--set", bad])
         assert r.returncode != 0 and says in r.stderr, (bad, r.stderr[-1500:])
         assert not (tmp_path / "y").exists()  # refused before any folder or data is made
+
+def test_missing_stage2_data_is_refused_before_stage1_trains(tmp_path):
+    missing = tmp_path / "mix.json"
+    r = run(["vmllm_train", "--preset", "toy", "--output_dir", str(tmp_path / "toy"), "--stage2_data", str(missing), "--set", TINY])
+    assert r.returncode != 0 and f"stage2.data: {missing} does not exist: pass an existing file with --stage2_data" in r.stderr, r.stderr[-1500:]
+    assert not (tmp_path / "toy").exists()  # nothing generated, nothing trained

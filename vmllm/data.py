@@ -17,8 +17,9 @@ from .processor import ImageError, VmllmProcessor, images_to_front, open_rgb, pa
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation', 'BadRow', 'BadRows', 'json_kind',
-           'row_place', 'image_names', 'image_path', 'LlavaDataset', 'Collator', 'ModalityLengthSampler', 'preflight']
+__all__ = ['log', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation', 'BadRow', 'NoLabels', 'BadRows',
+           'json_kind', 'row_place', 'image_names', 'image_path', 'LlavaDataset', 'Collator', 'ModalityLengthSampler',
+           'preflight']
 
 # %% ../nbs/07_data.ipynb #c006
 def _render_plain(turns, tok, open_end):
@@ -120,6 +121,12 @@ from .encoder import pad_to_square  # defined with the image processors; trainin
 # %% ../nbs/07_data.ipynb #c017
 class BadRow(ValueError):
     "A row that cannot be used; the message names the file, the row, its id, the field and the problem."
+
+class NoLabels(BadRow):
+    "A row whose replies are not empty but none of whose tokens is labelled: alone a bad row, in most rows a template that does not fit the tokenizer."
+    def __init__(self, where: str, template: str):
+        self.where = where
+        super().__init__(f"{where}: no token of its replies is labelled with template {template!r}: nothing to learn")
 
 class BadRows(BadRow):
     "Every bad row of a data file at once; `rows` is `{index: message}`."
@@ -293,9 +300,19 @@ class LlavaDataset(Dataset):
         except ValueError as e: raise BadRow(f"{self.where(r, row)}: {e}") from e
         images = [self.load_image(r, row, p) for p in paths]
         replies = [m for role, m in raw if role == "gpt"]
+        learnt = replies[-1:] if reply is not None else replies[:len(replies) - dropped // 2]
+        self.check_learns(r, row, reply, learnt, labels)
         return dict(index=i, id=row.get("id", r), input_ids=ids, labels=labels, images=images, turns_dropped=dropped,
                     prompt=self.processor.text_tower_prompt(raw),  # by the processor's rule
-                    replies=replies[-1:] if reply is not None else replies[:len(replies) - dropped // 2], where=self.where(r, row))
+                    replies=learnt, where=self.where(r, row))
+
+    def check_learns(self, r: int, row: dict, reply: int | None, learnt: list, labels: list):
+        "Raise `BadRow` if the replies a sample learns are all empty, `NoLabels` if none of its tokens is labelled."
+        if not any(t.strip() for t in learnt):
+            what = f"reply {reply + 1} is empty" if reply is not None else "its reply is empty" if len(learnt) == 1 else "its replies are empty"
+            raise BadRow(f"{self.where(r, row)}: {what}: nothing to learn (write the reply, or drop the row)")
+        if all(l == IGNORE_INDEX for l in labels):
+            raise NoLabels(self.where(r, row), self.template)
 
     def __getitem__(self, i: int):
         try: return self.example(i)
@@ -377,24 +394,33 @@ class ModalityLengthSampler(Sampler):
     def __len__(self): return len(self.batches())
 
 # %% ../nbs/07_data.ipynb #c024
+def _skip(ds: LlavaDataset, i: int, e: BadRow):
+    "Note a bad row met by pre-flight as training would: logged once, kept in `bad_rows`."
+    if i not in ds.bad_rows: log.warning("skipping %s", e)
+    ds.bad_rows[i] = str(e)
+
 def preflight(ds: LlavaDataset, n: int = 16) -> dict:
-    "Check the loss masks of the first `n` usable rows; raise `ValueError` on a template/tokenizer mismatch."
-    checked, labelled, total = 0, 0, 0
+    "Check the loss masks of the first `n` usable rows (bad rows are skipped); raise `ValueError` on a template/tokenizer mismatch."
+    checked, labelled, total, unlabelled = 0, 0, 0, {}
     tok = ds.processor.tokenizer
     for i in range(len(ds)):
-        if checked >= n: break
+        if checked + len(unlabelled) >= n: break
         try: ex = ds.example(i)
-        except BadRow as e: ds.bad_rows[i] = str(e); continue
+        except NoLabels as e: unlabelled[i] = e; continue
+        except BadRow as e: _skip(ds, i, e); continue
         kept = [l for l in ex["labels"] if l != IGNORE_INDEX]
-        if not kept:
-            raise ValueError(f"pre-flight: {ex['where']} has no labelled token with template {ds.template!r}: "
-                             "the loss would be zero. The template does not match this tokenizer.")
         decoded = tok.decode(kept, skip_special_tokens=True)
         missing = [r for r in ex["replies"] if r.strip() not in decoded]  # the replies the sample learns
         if missing:
             raise ValueError(f"pre-flight: {ex['where']}: the labelled tokens read {decoded!r} but the replies "
                              f"include {missing[0]!r}: the template {ds.template!r} does not match this tokenizer")
         checked, labelled, total = checked + 1, labelled + len(kept), total + len(ex["labels"])
+    sampled = checked + len(unlabelled)
+    if unlabelled and 2 * len(unlabelled) > sampled:
+        raise ValueError(f"pre-flight: {len(unlabelled)} of the {sampled} rows sampled from {ds.path.name} have no labelled "
+                         f"token with template {ds.template!r} (the first: {next(iter(unlabelled.values())).where}): "
+                         "the loss would be zero. The template does not match this tokenizer.")
+    for i, e in unlabelled.items(): _skip(ds, i, e)  # a few: those rows' own fault
     if checked == 0: raise ValueError(f"pre-flight: none of the rows of {ds.path} is usable")
     return dict(rows_checked=checked, labelled_fraction=labelled / total)
 

@@ -29,12 +29,13 @@ from accelerate import FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 
 # %% auto #0
-__all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS',
-           'LOCK_FILE', 'RUN_SAFE_TO_CHANGE', 'ModelOptions', 'ToyDataOptions', 'PretrainOptions', 'StageOptions',
-           'RecipeOptions', 'check_range', 'check_together', 'check_section', 'check_recipe', 'merge', 'parse_sets',
-           'resolve', 'read_config_file', 'parse_stages', 'check_stage_options', 'stage_config', 'with_prompt_rule',
-           'real_model', 'output_lock', 'run_toy_model', 'check_resume_config', 'finished', 'stage_record', 'run',
-           'vmllm_train']
+__all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS', 'NO_LLM',
+           'LOCK_FILE', 'RUN_SAFE_TO_CHANGE', 'STAGE_INPUTS', 'ModelOptions', 'ToyDataOptions', 'PretrainOptions',
+           'StageOptions', 'HeldoutOptions', 'RecipeOptions', 'check_range', 'check_together', 'check_section',
+           'check_recipe', 'merge', 'parse_sets', 'resolve', 'read_config_file', 'parse_stages', 'check_stage_options',
+           'stage_config', 'with_prompt_rule', 'real_model', 'output_lock', 'run_toy_model', 'check_resume_config',
+           'finished', 'stage_record', 'run', 'check_path', 'stages_to_train', 'check_stage_inputs', 'check_heldout',
+           'check_inputs', 'vmllm_train']
 
 # %% ../nbs/13_recipes.ipynb #c006
 def _paper_preset(name: str) -> dict:
@@ -108,6 +109,12 @@ class StageOptions(StageConfig):
     global_batch: int | None = None # batch_size x processes x grad_accum
 
 @dataclass
+class HeldoutOptions:
+    "The `heldout` section: questions scored once training is done (the toy run writes its own)."
+    questions: str | None = None # a .jsonl question file, as `evaluate` reads it
+    image_folder: str | None = None # the folder its image paths are relative to (default: the questions file's folder)
+
+@dataclass
 class RecipeOptions:
     "The top level of a recipe."
     preset: str = "toy"
@@ -122,10 +129,10 @@ class RecipeOptions:
     stage0_llm: dict = field(default_factory=dict)
     stage1: dict = field(default_factory=dict)
     stage2: dict = field(default_factory=dict)
-    heldout: dict | None = None # set by the toy run: its held-out questions
+    heldout: dict | None = None # questions scored after training (`HeldoutOptions`); the toy run sets its own
 
 SECTIONS = {"model": ModelOptions, "toy_data": ToyDataOptions, "stage0": PretrainOptions, "stage0_llm": PretrainOptions,
-            "stage1": StageOptions, "stage2": StageOptions}
+            "stage1": StageOptions, "stage2": StageOptions, "heldout": HeldoutOptions}
 CHOICES = {"mm_projector_type": CONNECTORS, "prompt_rule": PROMPT_RULES, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
            "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16")}
 SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2)}  # toy_data.categories: `check_categories`
@@ -277,11 +284,13 @@ def with_prompt_rule(loaded: tuple, m: dict) -> tuple:
     if m.get("prompt_rule"): proc.prompt_rule = m["prompt_rule"]
     return model, proc
 
+NO_LLM = "no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH"
+
 def real_model(m: dict, llm_dtype=torch.float32) -> tuple:
     "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm` (loaded in `llm_dtype`)."
     if m.get("init"):
         return with_prompt_rule(load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None), m)
-    if not m.get("llm"): raise ValueError("no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH")
+    if not m.get("llm"): raise ValueError(NO_LLM)
     return with_prompt_rule(from_local_dirs(m["vision_tower"], m["llm"], llm_dtype, mm_projector_type=m.get("mm_projector_type", "vmllm"),
                            enhance_impl=m.get("enhance_impl", "fast"), reference_quirks=m.get("reference_quirks", True),
                            **{k: m[k] for k in ("enhance_streams", "enhance_gates") if m.get(k) is not None}), m)
@@ -443,6 +452,7 @@ def stage_record(stage_dir: Path) -> dict:
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe, as the only writer of its output folder; returns a summary (per stage, and held-out accuracy for the toy)."
     check_recipe(cfg)  # before any data, model or folder is made
+    check_inputs(cfg, resume)  # every stage's files now, not once the stages before it have trained
     acc = _accelerator(cfg)
     _check_backend(cfg, acc)  # still no folder: a refused launch leaves nothing behind
     with output_lock(Path(cfg["output_dir"]), main_process=acc.is_main_process):
@@ -489,11 +499,11 @@ def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
             print(f"stage {stage}: {r['steps']} steps in {summary['stages'][stage]['seconds']:.0f} s, loss "
                   f"{summary['stages'][stage]['first_loss']:.4f} -> {r['final_loss']:.4f}, {r['samples_per_s']:.1f} samples/s, "
                   f"{r['bad_rows']} bad rows skipped ({r['skipped']} visits), {r['shortened']} shortened to fit")
-    if "heldout" in cfg and summary["stages"] and acc.is_main_process:  # a trained model to score
+    if cfg.get("heldout") and summary["stages"] and acc.is_main_process:  # a trained model to score
         h = cfg["heldout"]
         t = time.perf_counter()
         with zero3_off():  # the main process alone answers
-            summary["heldout"] = evaluate(model, proc, h["questions"], h["image_folder"], None,  # as saved: the model's template
+            summary["heldout"] = evaluate(model, proc, h["questions"], h.get("image_folder"), None,  # as saved: the model's template
                                           batch_size=32, answers_file=out / "heldout.answers.jsonl", progress=progress)
         summary["heldout"]["seconds"] = time.perf_counter() - t
         print(f"held-out accuracy {summary['heldout']['accuracy']:.3f} on {summary['heldout']['scored']} questions; "
@@ -503,6 +513,46 @@ def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
     summary["stage0"] = times  # data generation and stage 0 of the toy: seconds, rate, loss
     if acc.is_main_process: write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
+
+# %% ../nbs/13_recipes.ipynb #5c1e0a02
+STAGE_INPUTS = {"data": ("file", "--stage{}_data"), "image_folder": ("folder", "--stage{}_images")}  # option -> (kind, flag)
+
+def check_path(option: str, path, kind: str, how: str):
+    "Refuse a `path` that is not an existing file (`kind='file'`) or folder (`kind='folder'`), naming the option and `how` to fix it."
+    p = Path(path)
+    if p.is_file() if kind == "file" else p.is_dir(): return
+    found = f"is a {'folder' if p.is_dir() else 'file'}, not a {kind}" if p.exists() else "does not exist"
+    raise FileNotFoundError(f"{option}: {p} {found}: {how}")
+
+def stages_to_train(cfg: dict, resume: bool = False) -> list[int]:
+    "The training stages a run trains: those asked for, less those whose final model a resumed run loads."
+    out = Path(cfg["output_dir"])
+    return [s for s in (1, 2) if s in cfg["stages"] and not (resume and finished(out / f"stage{s}" / "final"))]
+
+def check_stage_inputs(cfg: dict, stage: int):
+    "The stage's data file and image folder: set, and there (the toy run generates those it is not given)."
+    s = cfg.get(f"stage{stage}") or {}
+    for key, (kind, flag) in STAGE_INPUTS.items():
+        option, flag = f"stage{stage}.{key}", flag.format(stage)
+        if s.get(key): check_path(option, s[key], kind, f"pass an existing {kind} with {flag} (or set {option} in the YAML file)")
+        elif cfg.get("preset") != "toy": raise ValueError(f"{option} is not set: pass {flag} (or set it in the YAML file)")
+
+def check_heldout(h: dict | None):
+    "The `heldout` section, if there is one: its question file, and its image folder if it names one."
+    if not h: return
+    if not h.get("questions"):
+        raise ValueError("heldout.questions is not set: name the .jsonl file of held-out questions, or drop the heldout section")
+    check_path("heldout.questions", h["questions"], "file", "name an existing .jsonl question file, or drop the heldout section")
+    if h.get("image_folder"):
+        check_path("heldout.image_folder", h["image_folder"], "folder", "name the folder its image paths are relative to, or leave it out")
+
+def check_inputs(cfg: dict, resume: bool = False):
+    "Everything the run reads, before it makes anything: the LLM of a paper preset, each training stage's data, the held-out questions."
+    toy = cfg.get("preset") == "toy"
+    m = cfg.get("model") or {}
+    if not toy and not m.get("init") and not m.get("llm"): raise ValueError(NO_LLM)
+    for stage in stages_to_train(cfg, resume): check_stage_inputs(cfg, stage)
+    if not toy and {1, 2} & set(cfg["stages"]): check_heldout(cfg.get("heldout"))  # the toy run writes its own
 
 # %% ../nbs/13_recipes.ipynb #c017
 @call_parse
