@@ -37,8 +37,9 @@ def test_train_config_errors_are_one_line(tmp_path):
 
 
 def test_train_missing_llm_is_named_not_a_hub_error(tmp_path):
+    (tmp_path / "rows.json").write_text("[]")
     r = run("vmllm_train", "--preset", "clip-b32", "--llm", str(tmp_path / "no_llm"), "--stages", "1",
-            "--stage1_data", "x.json", "--stage1_images", ".", "--output_dir", str(tmp_path / "o"))
+            "--stage1_data", str(tmp_path / "rows.json"), "--stage1_images", str(tmp_path), "--output_dir", str(tmp_path / "o"))
     assert_one_line_error(r, "vmllm_train", f"LLM directory not found: {tmp_path / 'no_llm'}")
 
 

@@ -22,9 +22,9 @@ from .core import require_files, user_errors, write_text_atomic
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .synth import check_categories, make_toy_data, toy_corpus, toy_tokenizers
-from .train import (SAFE_TO_CHANGE, StageConfig, atomic_dir, backend_of, changed_settings, configure_deepspeed,
-                         _kill_point,
-                         zero3_off, train_contrastive, train_language_model, train_stage)
+from .backends import backend_of, configure_deepspeed, zero3_off
+from .checkpoints import SAFE_TO_CHANGE, _kill_point, atomic_dir, changed_settings
+from .train import StageConfig, train_contrastive, train_language_model, train_stage
 from accelerate import FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 

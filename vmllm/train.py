@@ -4,35 +4,30 @@
 
 # %% ../nbs/10_train.ipynb #c003
 from __future__ import annotations
-import hashlib, io, json, math, os, pickle, random, shutil, signal, time
-from contextlib import contextmanager, nullcontext
+import io, json, math, random, time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import gather_object, set_seed
 from PIL import Image
 from .core import IMAGE_TOKEN
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 from .core import IGNORE_INDEX, WriteFailed, write_bytes_atomic, write_text_atomic, progress as progress_bar
 from .encoder import text_input_rule
 from .processor import chat_template_for
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
+from .backends import backend_of, configure_deepspeed, full_state_dict, zero3_off
+from .checkpoints import _kill_point, atomic_dir, fresh_state, resume_state, save_checkpoint
 
 # %% auto #0
-__all__ = ['MODEL_KEYS', 'STATE_FILE', 'SAFE_TO_CHANGE', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'lora_targets',
-           'lora_config', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'predicting_positions', 'loss_sum_on_labels',
-           'adamw_options', 'CheckpointWriteError', 'CheckpointMismatch', 'atomic_dir', 'checkpoints',
-           'latest_checkpoint', 'trainable_state', 'save_optimizer', 'read_optimizer', 'fsdp_full_state',
-           'write_trained_state', 'rng_state', 'set_rng_state', 'deepspeed_safe_loading', 'save_checkpoint',
-           'load_checkpoint', 'data_fingerprint', 'changed_settings', 'plot_history', 'BrokenCheckpoints',
-           'safetensors_problem', 'json_problem', 'checkpoint_problems', 'backend_of', 'configure_deepspeed',
-           'zero3_off', 'placeholder_batch', 'full_state_dict', 'merge_lora_state', 'prepare_for_stage', 'fresh_state',
-           'resume_state', 'forward_sum', 'optimizer_step', 'record_step', 'save_final', 'train_stage', 'caption_pairs',
+__all__ = ['MODEL_KEYS', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'lora_targets', 'lora_config',
+           'merge_lora_state', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'predicting_positions',
+           'loss_sum_on_labels', 'adamw_options', 'prepare_for_stage', 'placeholder_batch', 'forward_sum',
+           'optimizer_step', 'record_step', 'plot_history', 'save_final', 'train_stage', 'caption_pairs',
            'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
@@ -109,6 +104,21 @@ def lora_config(model, r: int = 16, alpha: int = 32, target_modules=None, # as L
     if not targets: raise ValueError(f"no linear layer of the LLM ends with any of {target_modules}")
     return LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, task_type="CAUSAL_LM", **kwargs)
 
+# %% ../nbs/10_train.ipynb #8cbd9c96
+def merge_lora_state(sd: dict, alpha: int, r: int) -> dict:
+    "A state dict of a LoRA-wrapped LLM with the adapters folded into the base weights, under the plain model's names."
+    out, scale = {}, alpha / r
+    for k, v in sd.items():
+        if ".lora_A." in k or ".lora_B." in k: continue
+        if ".base_layer." in k:
+            stem, kind = k.split(".base_layer.")
+            if kind == "weight":
+                a, b = sd[f"{stem}.lora_A.default.weight"], sd[f"{stem}.lora_B.default.weight"]
+                v = v + (b.float() @ a.float() * scale).to(v.dtype)   # W + B A alpha/r
+            k = f"{stem}.{kind}"
+        out[k.replace("language_model.base_model.model.", "language_model.")] = v
+    return out
+
 # %% ../nbs/10_train.ipynb #c010
 def token_loss_sum(logits, labels):
     "Sum of next-token cross-entropies over labelled positions, in float32 (only those positions are upcast)."
@@ -145,338 +155,7 @@ def adamw_options(device) -> dict:
     "Keyword arguments for `torch.optim.AdamW` on `device`: the fused kernel on CUDA."
     return {"fused": True} if torch.device(device).type == "cuda" else {}
 
-# %% ../nbs/10_train.ipynb #c012
-STATE_FILE = "trainer_state.json"
-SAFE_TO_CHANGE = ("save_every", "keep_checkpoints", "num_workers", "preflight_rows", "strict", "data", "image_folder")
-
-class CheckpointWriteError(WriteFailed):
-    "A checkpoint or model folder could not be written; the message says where, why and how much space is left."
-
-class CheckpointMismatch(ValueError):
-    "A checkpoint that cannot serve this run whole as it is (another backend, number of processes, vmllm version or stage)."
-
-def _kill_point(point: str):
-    "Fault injection for the crash tests: `VMLLM_KILL_AT=<point>` kills the process (SIGKILL) when it reaches `point`."
-    if os.environ.get("VMLLM_KILL_AT") == point: os.kill(os.getpid(), signal.SIGKILL)
-
-def _write_failed(tmp: Path, path: Path, e: Exception) -> CheckpointWriteError:
-    "Remove a partial folder and explain the failure."
-    shutil.rmtree(tmp, ignore_errors=True)
-    free = shutil.disk_usage(path.parent).free / 2**20
-    return CheckpointWriteError(f"could not write {path}: {e.__class__.__name__}: {e} ({free:.0f} MiB free on that disk); "
-                                "the partial copy was removed and earlier checkpoints are untouched")
-
-def _publish(tmp: Path, path: Path):
-    "Put a complete folder in place of `path` (an older `path` is replaced)."
-    if path.exists():
-        old = path.with_name(f".old-{path.name}"); shutil.rmtree(old, ignore_errors=True)
-        path.rename(old); tmp.rename(path); shutil.rmtree(old)
-    else: tmp.rename(path)
-
-@contextmanager
-def atomic_dir(path):
-    "Write a folder under a temporary name; it appears at `path` only once the block has completed."
-    path = Path(path); tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    try: yield tmp
-    except (OSError, RuntimeError, SafetensorError) as e: raise _write_failed(tmp, path, e) from e
-    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
-    _publish(tmp, path)
-
-def checkpoints(output_dir) -> list[Path]:
-    "The complete `checkpoint-N` folders of a run, newest first."
-    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name[11:].isdigit()]
-    return sorted(ckpts, key=lambda p: int(p.name[11:]), reverse=True)
-
-def latest_checkpoint(output_dir) -> Path | None:
-    "The newest complete `checkpoint-N` folder of a run, if any."
-    return next(iter(checkpoints(output_dir)), None)
-
-def trainable_state(model) -> dict:
-    "The tensors training changes (the parameters that require grad)."
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-def save_optimizer(sd: dict, folder: Path):
-    "An optimizer's state dict as safetensors (tensors) + JSON (the rest)."
-    tensors = {}
-    meta = dict(param_groups=sd["param_groups"], state={})
-    for idx, st in sd["state"].items():
-        meta["state"][str(idx)] = {k: "<tensor>" if torch.is_tensor(v) else v for k, v in st.items()}
-        tensors.update({f"{idx}.{k}": v.contiguous() for k, v in st.items() if torch.is_tensor(v)})
-    save_file(tensors, folder / "optimizer.safetensors")
-    (folder / "optimizer.json").write_text(json.dumps(meta))
-
-def read_optimizer(folder: Path) -> dict:
-    "The inverse of `save_optimizer` (parameters are numbered, or named by their path under FSDP)."
-    tensors, meta = load_file(folder / "optimizer.safetensors"), json.loads((folder / "optimizer.json").read_text())
-    state = {int(i) if i.isdigit() else i: {k: tensors[f"{i}.{k}"] if v == "<tensor>" else v for k, v in st.items()}
-             for i, st in meta["state"].items()}
-    return dict(state=state, param_groups=meta["param_groups"])
-
-def fsdp_full_state(model, opt) -> tuple[dict, dict]:
-    "Under FSDP: the trained parameters and the optimizer state, whole, on the main process (empty elsewhere); every process must call this."
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-    msd, osd = get_state_dict(model, getattr(opt, "optimizer", opt), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in msd.items() if k in trained}, osd
-
-def write_trained_state(acc: Accelerator, model, opt, folder: Path):
-    "The trained parameters and the optimizer state as safetensors + JSON (under FSDP gathered from every process first)."
-    if backend_of(acc) == "fsdp": tensors, osd = fsdp_full_state(model, opt)
-    else: tensors, osd = trainable_state(acc.unwrap_model(model)), opt.state_dict()
-    if acc.is_main_process:
-        save_file(tensors, folder / "trainable.safetensors")
-        save_optimizer(osd, folder)
-
-def rng_state() -> dict:
-    "Python's, NumPy's and PyTorch's RNG states as JSON-able values."
-    import numpy as np
-    np_state, py_state = np.random.get_state(), random.getstate()
-    out = dict(python=[py_state[0], list(py_state[1]), py_state[2]],
-               numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]], torch=torch.get_rng_state().tolist())
-    if torch.cuda.is_available(): out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return out
-
-def set_rng_state(s: dict):
-    "The inverse of `rng_state`."
-    import numpy as np
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
-    torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
-    if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all([torch.tensor(x, dtype=torch.uint8) for x in s["cuda"]])
-
-@contextmanager
-def deepspeed_safe_loading():
-    "DeepSpeed reads its checkpoints with `torch.load(weights_only=False)`, which can run code: read them with `weights_only=True`, allowing only its three data classes."
-    from deepspeed.runtime.checkpoint_engine import torch_checkpoint_engine as engine_module
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-    original = engine_module.TorchCheckpointEngine.load
-    engine_module.TorchCheckpointEngine.load = lambda self, path, map_location=None: torch.load(path, map_location=map_location, weights_only=True)
-    try:
-        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]): yield
-    finally: engine_module.TorchCheckpointEngine.load = original
-
-def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt, sched, keep: int = 2) -> Path:
-    "Write a checkpoint atomically (every process its RNG, the main one the rest) and prune old ones; returns its folder."
-    final = Path(output_dir) / f"checkpoint-{state['step']}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    try:
-        (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(rng_state()))
-        if backend_of(acc) == "deepspeed":  # sharded weights and optimizer: every process writes its part, DeepSpeed's way
-            acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(tmp), tag="deepspeed", client_state={}, save_latest=False)
-        else: write_trained_state(acc, model, opt, tmp)
-        _kill_point(f"stage{state['config']['stage']}:checkpoint{state['step']}")
-        if acc.is_main_process:
-            (tmp / "scheduler.json").write_text(json.dumps(sched.state_dict()))
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # last: a folder without it is incomplete
-    except (OSError, RuntimeError, SafetensorError) as e: raise _write_failed(tmp, final, e) from e
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        _publish(tmp, final)
-        old = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit()), key=lambda p: int(p.name[11:]))
-        for p in old[:-keep] if keep > 0 else []: shutil.rmtree(p)
-    acc.wait_for_everyone()
-    return final
-
-def load_checkpoint(acc: Accelerator, ckpt: Path, model, opt, sched) -> dict:
-    "Restore what `save_checkpoint` wrote (nothing in it can run code); returns the trainer state."
-    if backend_of(acc) == "deepspeed":
-        if not (ckpt / "deepspeed").is_dir(): raise CheckpointMismatch(f"{ckpt} was not written under DeepSpeed: resume with the backend that wrote it")
-        with deepspeed_safe_loading():
-            found, _ = acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
-                                                                           load_lr_scheduler_states=False)
-        if found is None: raise FileNotFoundError(f"DeepSpeed found no state to load in {ckpt / 'deepspeed'}")
-    else: _load_trained_tensors(acc, ckpt, model, opt)
-    sched.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
-    rng = ckpt / f"rng-{acc.process_index}.json"
-    if not rng.exists(): raise CheckpointMismatch(f"{ckpt} was written by fewer processes than {acc.num_processes}: resume with the same number")
-    set_rng_state(json.loads(rng.read_text()))
-    return json.loads((ckpt / STATE_FILE).read_text())
-
-def _load_trained_tensors(acc: Accelerator, ckpt: Path, model, opt):
-    "The trained parameters and the optimizer state of a checkpoint written without DeepSpeed."
-    inner, fsdp = acc.unwrap_model(model), backend_of(acc) == "fsdp"
-    if not (ckpt / "trainable.safetensors").exists():
-        raise CheckpointMismatch(f"{ckpt} is not a checkpoint of this vmllm version (an older one used pickled state, which resuming "
-                         "no longer reads, as it can run code): restart the stage, or start from its last final model")
-    tensors = load_file(ckpt / "trainable.safetensors")
-    missing = sorted({n for n, p in inner.named_parameters() if p.requires_grad} - set(tensors))
-    if missing: raise CheckpointMismatch(f"{ckpt} does not hold the tensors this stage trains, e.g. {missing[:3]}: "
-                                 "was it written by another stage or with other options (LoRA)?")
-    osd = read_optimizer(ckpt)
-    if any(isinstance(k, str) for k in osd["state"]) != fsdp:
-        raise CheckpointMismatch(f"{ckpt} was written {'without' if fsdp else 'under'} FSDP: resume with the backend that wrote it")
-    if fsdp:  # every process reads the whole state and keeps its shard
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        set_state_dict(model, getattr(opt, "optimizer", opt), model_state_dict=tensors, optim_state_dict=osd,
-                       options=StateDictOptions(full_state_dict=True, strict=False))
-        return
-    with torch.no_grad():
-        params = dict(inner.named_parameters())
-        for k, v in tensors.items(): params[k].copy_(v)
-    opt.load_state_dict(osd)
-
-def data_fingerprint(path) -> dict:
-    "Size and a hash of the first and last MiB of a data file: enough to notice another file on resume."
-    p, h = Path(path), hashlib.sha256()
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        h.update(f.read(2**20))
-        if size > 2**20: f.seek(max(size - 2**20, 2**20)); h.update(f.read())
-    return dict(size=size, sha256_head_tail=h.hexdigest())
-
-def changed_settings(old: dict, new: dict, safe=SAFE_TO_CHANGE, prefix: str = "") -> list[str]:
-    "'key: old -> new' for every setting that differs, other than those safe to change on resume."
-    out = []
-    for k in sorted(set(old) | set(new)):
-        if k in safe: continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict): out += changed_settings(a, b, safe, f"{prefix}{k}.")
-        elif a != b: out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-def plot_history(history: list, path):
-    "Loss (and learning rate) against step, as a PNG, written whole (rendered in memory, then `write_bytes_atomic`)."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title=Path(path).parent.name)
-    ax2 = ax.twinx(); ax2.plot([h["step"] for h in history], [h["lr"] for h in history], color="gray", lw=0.8, ls="--")
-    ax2.set_ylabel("learning rate", color="gray")
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes_atomic(path, png.getvalue())
-
-# %% ../nbs/10_train.ipynb #c012w
-class BrokenCheckpoints(ValueError):
-    "No checkpoint of a run is intact; the message names the folder, each file that is wrong and what to do."
-
-_JSON_KEYS = {STATE_FILE: ("step", "config"), "optimizer.json": ("param_groups", "state"), "scheduler.json": ("last_epoch",)}
-_TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors", "optimizer.json")  # written together without DeepSpeed
-
-def safetensors_problem(path) -> str | None:
-    "What is wrong with a safetensors file, read from its header alone (None: it looks whole)."
-    size = Path(path).stat().st_size
-    if size < 8: return f"is {size} bytes, too short for a safetensors file"
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n > size - 8: return (f"is not a whole safetensors file: its first bytes announce a {n}-byte header in a "
-                                 f"{size}-byte file (cut short, or another format such as a pickle)")
-        try: header = json.loads(f.read(n))
-        except ValueError: return "is not a safetensors file: its header is not JSON"
-    try: end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (AttributeError, IndexError, KeyError, TypeError): return "is not a safetensors file: its header lists no tensors"
-    described = 8 + n + end
-    if described == size: return None
-    return f"is {size} bytes but its header describes {described} ({'cut short' if size < described else 'bytes added at its end'})"
-
-def json_problem(path, keys=()) -> str | None:
-    "What is wrong with a JSON file (None: it parses, as an object holding `keys`)."
-    text = Path(path).read_bytes()
-    if not text: return "is empty"
-    try: value = json.loads(text)
-    except ValueError as e: return f"is not valid JSON ({e})"
-    if not isinstance(value, dict) or any(k not in value for k in keys):
-        return f"is not what vmllm writes there (an object with {', '.join(keys) or 'keys'})"
-    return None
-
-def _file_problem(path: Path) -> str | None:
-    "What is wrong with one entry of a checkpoint folder (files vmllm does not write there are never opened)."
-    if path.suffix == ".safetensors": return safetensors_problem(path)
-    if path.suffix == ".json": return json_problem(path, _JSON_KEYS.get(path.name, ("torch",) if path.name.startswith("rng-") else ()))
-    if path.name == "deepspeed" and path.is_dir():
-        files = [f for f in sorted(path.rglob("*")) if f.is_file()]
-        if not files: return "holds no files"
-        return next((f"holds {f.relative_to(path)}, which is empty" for f in files if f.stat().st_size == 0), None)
-    return None
-
-def checkpoint_problems(ckpt) -> list[str]:
-    "What cheap checks find wrong with a checkpoint folder: files missing, JSON that does not parse, safetensors that do not match their size."
-    ckpt = Path(ckpt)
-    deepspeed = (ckpt / "deepspeed").is_dir()
-    if not deepspeed and not any((ckpt / f).exists() for f in _TENSOR_FILES): return []  # another layout: loading says which
-    wanted = [STATE_FILE, "scheduler.json", "rng-0.json", *(() if deepspeed else _TENSOR_FILES)]
-    problems = [f"{ckpt / f} is missing" for f in wanted if not (ckpt / f).exists()]
-    return problems + [f"{p} {problem}" for p in sorted(ckpt.iterdir()) if (problem := _file_problem(p))]
-
-def _agreed(acc: Accelerator, problem: str | None) -> str | None:
-    "The first problem any process found (None if none did): every process gets the same verdict."
-    return next((p for p in gather_object([problem]) if p), None)
-
-_LOAD_ERRORS = (OSError, SafetensorError, ValueError, KeyError, IndexError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError)
-
-def _try_load(acc: Accelerator, ckpt: Path, model, opt, sched) -> tuple[dict | None, str | None]:
-    "`load_checkpoint`'s state and None, or None and why loading failed on some process (a mismatch stops every process)."
-    state, problem, mismatch = None, None, None
-    try: state = load_checkpoint(acc, ckpt, model, opt, sched)
-    except CheckpointMismatch as e: mismatch = str(e)
-    except _LOAD_ERRORS as e: problem = f"loading it failed: {e.__class__.__name__}: {e}"
-    mismatch = _agreed(acc, mismatch)
-    if mismatch: raise CheckpointMismatch(mismatch)
-    problem = _agreed(acc, problem)
-    return (None, problem) if problem else (state, None)
-
-# %% ../nbs/10_train.ipynb #c012b
-def backend_of(acc: Accelerator) -> str:
-    "How the model is spread over processes: 'deepspeed', 'fsdp', 'ddp' or 'single'."
-    if acc.distributed_type == DistributedType.DEEPSPEED: return "deepspeed"
-    if acc.distributed_type == DistributedType.FSDP: return "fsdp"
-    return "ddp" if acc.num_processes > 1 else "single"
-
-def configure_deepspeed(acc: Accelerator, cfg: StageConfig, apply: bool = True):
-    "Put the recipe's batch settings into DeepSpeed's config, or refuse a DeepSpeed JSON file that sets them otherwise."
-    if backend_of(acc) != "deepspeed": return
-    ds = acc.state.deepspeed_plugin.deepspeed_config
-    want = {"train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
-            "train_batch_size": cfg.batch_size * cfg.grad_accum * acc.num_processes, "gradient_clipping": cfg.max_grad_norm}
-    user_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    for key, value in want.items():
-        have = ds.get(key, "auto")
-        if user_file and have != "auto" and float(have) != float(value):
-            raise ValueError(f"{user_file} sets {key}={have} but stage {cfg.stage} needs {value} (batch_size {cfg.batch_size} x "
-                             f"{acc.num_processes} processes x grad_accum {cfg.grad_accum}): set it to \"auto\" or change the recipe")
-        if apply: ds[key] = value
-
-@contextmanager
-def zero3_off():
-    "`transformers` acts as if ZeRO-3 were off: models are made whole (DeepSpeed shards them when its engine is made) and `generate` does not wait for the other processes."
-    from transformers.integrations import deepspeed as hf_deepspeed
-    saved, hf_deepspeed._hf_deepspeed_config_weak_ref = hf_deepspeed._hf_deepspeed_config_weak_ref, None
-    try: yield
-    finally: hf_deepspeed._hf_deepspeed_config_weak_ref = saved
-
-def placeholder_batch(processor, with_image: bool) -> dict:
-    "A one-row batch of one modality; its loss is multiplied by zero (keeps every process in step under ZeRO-3/FSDP)."
-    text = IMAGE_TOKEN + "\n." if with_image else "."
-    b = processor(text, images=[Image.new("RGB", (16, 16))] if with_image else None, answers=["."], prompts=[text])
-    return dict(b, placeholder=True)
-
-def full_state_dict(acc: Accelerator, model) -> dict:
-    "The trained model's full state, gathered from every process where it is sharded (every process must call this)."
-    return acc.get_state_dict(model)
-
-def merge_lora_state(sd: dict, alpha: int, r: int) -> dict:
-    "A state dict of a LoRA-wrapped LLM with the adapters folded into the base weights, under the plain model's names."
-    out, scale = {}, alpha / r
-    for k, v in sd.items():
-        if ".lora_A." in k or ".lora_B." in k: continue
-        if ".base_layer." in k:
-            stem, kind = k.split(".base_layer.")
-            if kind == "weight":
-                a, b = sd[f"{stem}.lora_A.default.weight"], sd[f"{stem}.lora_B.default.weight"]
-                v = v + (b.float() @ a.float() * scale).to(v.dtype)   # W + B A alpha/r
-            k = f"{stem}.{kind}"
-        out[k.replace("language_model.base_model.model.", "language_model.")] = v
-    return out
-
-# %% ../nbs/10_train.ipynb #c014
+# %% ../nbs/10_train.ipynb #529932c3
 def _local_batches(sampler, epoch: int, world: int, rank: int) -> list[list[int]]:
     "This process's share of every global batch of `epoch` (batches smaller than the world are dropped)."
     sampler.set_epoch(epoch)
@@ -485,6 +164,7 @@ def _local_batches(sampler, epoch: int, world: int, rank: int) -> list[list[int]
 def _to(batch: dict, device) -> dict:
     return {k: batch[k].to(device) for k in MODEL_KEYS if k in batch}
 
+# %% ../nbs/10_train.ipynb #77c0851c
 def prepare_for_stage(model, cfg: StageConfig) -> list:
     "LoRA and gradient checkpointing as `cfg` asks; returns the trainable parameters."
     if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
@@ -494,38 +174,14 @@ def prepare_for_stage(model, cfg: StageConfig) -> list:
         else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
     return set_trainable(model, cfg.stage)
 
-def fresh_state(cfg: StageConfig) -> dict:
-    "The trainer state of a stage that has not started."
-    return dict(step=0, epoch=0, batch_in_epoch=0, skipped=0, shortened=0, samples=0, history=[], config=asdict(cfg),
-                data=data_fingerprint(cfg.data), bad_rows=[])
+# %% ../nbs/10_train.ipynb #8cb5cc6d
+def placeholder_batch(processor, with_image: bool) -> dict:
+    "A one-row batch of one modality; its loss is multiplied by zero (keeps every process in step under ZeRO-3/FSDP)."
+    text = IMAGE_TOKEN + "\n." if with_image else "."
+    b = processor(text, images=[Image.new("RGB", (16, 16))] if with_image else None, answers=["."], prompts=[text])
+    return dict(b, placeholder=True)
 
-def _refuse_other_settings(ckpt: Path, cfg: StageConfig, fresh: dict):
-    "Stop if `ckpt` was written with other settings or data than `cfg` (those in `SAFE_TO_CHANGE` may differ)."
-    saved = json.loads((ckpt / STATE_FILE).read_text())
-    changed = changed_settings(saved["config"], fresh["config"])
-    if saved.get("data") not in (None, fresh["data"]): changed.append(f"data: {cfg.data} is not the file the run started with")
-    if changed: raise ValueError(f"cannot resume from {ckpt}: the run was started with other settings ({'; '.join(changed)}). "
-                                 f"Resume with the original ones, or start a new output directory. Safe to change: {', '.join(SAFE_TO_CHANGE)}")
-
-def resume_state(acc: Accelerator, out: Path, cfg: StageConfig, model, opt, sched) -> dict:
-    "The state to continue from: the newest intact checkpoint's (broken ones are skipped, saying why), if written with the same settings and data."
-    fresh, skipped = fresh_state(cfg), []
-    for ckpt in checkpoints(out):
-        state, problem = None, _agreed(acc, "; ".join(checkpoint_problems(ckpt)) or None)
-        if problem is None:
-            _refuse_other_settings(ckpt, cfg, fresh)
-            state, problem = _try_load(acc, ckpt, model, opt, sched)
-        if state is not None: break
-        skipped.append(f"{ckpt.name}: {problem}")
-        if acc.is_main_process: print(f"skipping {ckpt.name}, it is broken: {problem}")
-    else:
-        if not skipped: return fresh
-        raise BrokenCheckpoints(f"no intact checkpoint to resume from in {out} ({' | '.join(skipped)}): delete the broken "
-                                "checkpoint folders (the stage then starts afresh), or run without --resume")
-    state["config"] = asdict(cfg)  # what this run uses: only safe settings can differ
-    if acc.is_main_process: print(f"resuming from {ckpt} at step {state['step']}")
-    return state
-
+# %% ../nbs/10_train.ipynb #55013768
 def forward_sum(model, batch: dict, acc: Accelerator, params: list, connector_params: list):
     "Loss sum of one local micro-batch (zero for a placeholder, which still runs every module the step runs)."
     with acc.autocast():
@@ -567,6 +223,7 @@ def optimizer_step(model, micro: list, acc: Accelerator, opt, sched, params: lis
     sched.step()
     return (acc.reduce(total_loss, "sum") / n_tok.clamp_min(1)).item()
 
+# %% ../nbs/10_train.ipynb #7f039272
 def record_step(state: dict, micro: list, loss: float, lr: float, acc: Accelerator, t0: float, samples0: int):
     "Count the step, its samples and its skipped/shortened rows (summed over processes) in `state`."
     skipped, shortened = acc.reduce(torch.tensor([sum(b["skipped"] for b in micro), sum(b["shortened"] for b in micro)],
@@ -576,6 +233,22 @@ def record_step(state: dict, micro: list, loss: float, lr: float, acc: Accelerat
     state["step"] += 1; state["batch_in_epoch"] += len(micro)
     rate = (state["samples"] - samples0) / (time.perf_counter() - t0)
     state["history"].append(dict(step=state["step"], loss=loss, lr=lr, samples_per_s=rate))
+
+# %% ../nbs/10_train.ipynb #5d1fea12
+def plot_history(history: list, path):
+    "Loss (and learning rate) against step, as a PNG, written whole (rendered in memory, then `write_bytes_atomic`)."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=Path(path).parent.name)
+    ax2 = ax.twinx(); ax2.plot([h["step"] for h in history], [h["lr"] for h in history], color="gray", lw=0.8, ls="--")
+    ax2.set_ylabel("learning rate", color="gray")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())
 
 def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, state: dict) -> Path:
     "The trained model (gathered from every process, LoRA merged), its processor and the stage's config, written atomically to `out/final`."
@@ -598,6 +271,7 @@ def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, 
     acc.wait_for_everyone()
     return final
 
+# %% ../nbs/10_train.ipynb #3d86c59b
 def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r > 0)
                 processor, cfg: StageConfig, output_dir,
                 resume: bool = False, # continue from the newest checkpoint in output_dir (same settings and data)
