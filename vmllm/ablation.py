@@ -44,21 +44,25 @@ def _star(args): return args[0](*args[1:])
 def run_ablation(out_dir, seeds=(0, 1, 2), overrides: str = "", variants=tuple(VARIANTS), progress: bool = False,
                  jobs: int = 1) -> dict: # processes side by side (each trains with the preset's threads)
     "Train every variant for every seed on shared data and stage 0; write and return the results."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = {"overrides": overrides, "seeds": list(seeds), "runs": []}
     stage0 = [(_shared_stage0, out, s, overrides) for s in seeds]
     trains = [(_train_variant, out, s, name, overrides) for s in seeds for name in variants]
     if jobs <= 1: pool_map = map
     else:
         import multiprocessing as mp
-        pool = mp.get_context("spawn").Pool(jobs); pool_map = pool.imap
+        pool = mp.get_context("spawn").Pool(jobs)
+        pool_map = pool.imap
     try:
         list(pool_map(_star, stage0))
         for r in pool_map(_star, trains):
             results["runs"].append(r)
             (out / "results.json").write_text(json.dumps(results, indent=1))
     finally:
-        if jobs > 1: pool.close(); pool.join()
+        if jobs > 1:
+            pool.close()
+            pool.join()
     return results
 
 # %% ../nbs/15_ablation.ipynb #c007

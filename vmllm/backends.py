@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
 # %% auto #0
-__all__ = ['backend_of', 'configure_deepspeed', 'zero3_off', 'deepspeed_safe_loading', 'full_state_dict']
+__all__ = ['backend_of', 'make_accelerator', 'configure_deepspeed', 'zero3_off', 'deepspeed_safe_loading', 'full_state_dict']
 
 # %% ../nbs/09a_backends.ipynb #76234619
 def backend_of(acc: Accelerator) -> str:
@@ -19,6 +19,29 @@ def backend_of(acc: Accelerator) -> str:
     if acc.distributed_type == DistributedType.DEEPSPEED: return "deepspeed"
     if acc.distributed_type == DistributedType.FSDP: return "fsdp"
     return "ddp" if acc.num_processes > 1 else "single"
+
+# %% ../nbs/09a_backends.ipynb #ma000002
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    "The run's Accelerator; a launcher's mixed-precision setting wins over the recipe's. Several CPU processes talk over gloo."
+    mp = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else mixed_precision
+    if mp == "bf16" and not torch.cuda.is_available() and not torch.backends.mps.is_available(): mp = "no"
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1 or torch.cuda.is_available(): return Accelerator(mixed_precision=mp)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true": return _fsdp2_on_cpus(mp)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # accelerate needs the process group named for DeepSpeed
+        return Accelerator(mixed_precision=mp, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    return Accelerator(mixed_precision=mp, cpu=True)  # DDP, e.g. torchrun on CPUs
+
+def _fsdp2_on_cpus(mp) -> Accelerator:
+    """accelerate turns FSDP on for GPUs only, but its FSDP2 path (PyTorch's `fully_shard`) runs as well on CPU processes
+    over gloo: make the CPU accelerator an FSDP2 one, with the plugin the launcher's config describes."""
+    if os.environ.get("FSDP_VERSION", "1") != "2":  # FSDP1 wants a GPU per process
+        raise ValueError("on CPUs only FSDP2 runs (set fsdp_version: 2, as configs/accelerate/fsdp.yaml does); "
+                         "or use DDP (torchrun --nproc_per_node N) or DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml)")
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings `accelerate launch` exported
+    acc = Accelerator(mixed_precision=mp, cpu=True, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    PartialState._shared_state["distributed_type"] = acc.state.distributed_type = DistributedType.FSDP  # both: states re-read it
+    acc.state.fsdp_plugin = plugin
+    return acc
 
 # %% ../nbs/09a_backends.ipynb #0421ac38
 def configure_deepspeed(acc: Accelerator, cfg: StageConfig, apply: bool = True):

@@ -46,18 +46,25 @@ def _write_failed(tmp: Path, path: Path, e: Exception) -> CheckpointWriteError:
 def _publish(tmp: Path, path: Path):
     "Put a complete folder in place of `path` (an older `path` is replaced)."
     if path.exists():
-        old = path.with_name(f".old-{path.name}"); shutil.rmtree(old, ignore_errors=True)
-        path.rename(old); tmp.rename(path); shutil.rmtree(old)
+        old = path.with_name(f".old-{path.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
     else: tmp.rename(path)
 
 @contextmanager
 def atomic_dir(path):
     "Write a folder under a temporary name; it appears at `path` only once the block has completed."
-    path = Path(path); tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try: yield tmp
     except (OSError, RuntimeError, SafetensorError) as e: raise _write_failed(tmp, path, e) from e
-    except BaseException: shutil.rmtree(tmp, ignore_errors=True); raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _publish(tmp, path)
 
 # %% ../nbs/09b_checkpoints.ipynb #df55a7d8
@@ -130,7 +137,9 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt,
     "Write a checkpoint atomically (every process its RNG, the main one the rest) and prune old ones; returns its folder."
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     tmp = final.with_name(f".tmp-{final.name}")
-    if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     acc.wait_for_everyone()
     try:
         (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(rng_state()))
@@ -198,7 +207,9 @@ def data_fingerprint(path) -> dict:
     size = p.stat().st_size
     with open(p, "rb") as f:
         h.update(f.read(2**20))
-        if size > 2**20: f.seek(max(size - 2**20, 2**20)); h.update(f.read())
+        if size > 2**20:
+            f.seek(max(size - 2**20, 2**20))
+            h.update(f.read())
     return dict(size=size, sha256_head_tail=h.hexdigest())
 
 def changed_settings(old: dict, new: dict, safe=SAFE_TO_CHANGE, prefix: str = "") -> list[str]:

@@ -91,7 +91,8 @@ def _spm_bpe_tokenizer(model_file: Path):
     "A `tokenizers.Tokenizer` equal to the slow `LlamaTokenizer(legacy=False)` on a SentencePiece BPE model, and its proto."
     from sentencepiece import sentencepiece_model_pb2 as pb2
     from tokenizers import AddedToken, Regex, normalizers
-    proto = pb2.ModelProto(); proto.ParseFromString(Path(model_file).read_bytes())
+    proto = pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
     if proto.trainer_spec.model_type != pb2.TrainerSpec.BPE:
         raise ValueError(f"{model_file} is a SentencePiece {pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)} model; "
                          "vmllm rebuilds only BPE models (Llama-2, Vicuna)")

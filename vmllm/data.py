@@ -33,7 +33,8 @@ def _render_plain(turns, tok, open_end):
     text, spans = IMAGE_TOKEN, []
     if len(turns) > 1 or not open_end:
         reply = turns[1][1] + "\n"
-        spans.append((len(text), len(text) + len(reply))); text += reply
+        spans.append((len(text), len(text) + len(reply)))
+        text += reply
     return text, spans
 
 def _render_vicuna(turns, tok, open_end):
@@ -45,7 +46,8 @@ def _render_vicuna(turns, tok, open_end):
             text += "ASSISTANT:"
             if not msg: continue
             reply = " " + msg + tok.eos_token  # the space is learnt too: with SentencePiece it can be a token of its own
-            spans.append((len(text), len(text) + len(reply))); text += reply
+            spans.append((len(text), len(text) + len(reply)))
+            text += reply
     if open_end: text += "ASSISTANT:"
     return text, spans
 
@@ -63,7 +65,8 @@ def _llama3(turns, tok, open_end: bool, system: str, begin: str,
         if role == "human": text += msg + "<|eot_id|>"
         else:
             reply = msg + "<|eot_id|>"
-            spans.append((len(text), len(text) + len(reply))); text += reply
+            spans.append((len(text), len(text) + len(reply)))
+            text += reply
     if open_end: text += h("assistant")
     return text, spans
 
@@ -174,7 +177,9 @@ def _read_rows(path: Path):
         offsets, numbers, pos = [], [], 0
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
-                if (line[3:] if n == 1 and line.startswith(codecs.BOM_UTF8) else line).strip(): offsets.append(pos); numbers.append(n)
+                if (line[3:] if n == 1 and line.startswith(codecs.BOM_UTF8) else line).strip():
+                    offsets.append(pos)
+                    numbers.append(n)
                 pos += len(line)
         return None, offsets, numbers
     try: rows = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -276,7 +281,9 @@ class LlavaDataset(Dataset):
         "The row's turns with one `<image>` per image, each at the front of its turn (prepended if the text has none)."
         turns = [(r, images_to_front(t)) for r, t in self.raw_turns(i, row)]
         n_tokens = sum(t.count(IMAGE_TOKEN) for _, t in turns)
-        if n_tokens == 0 and n_images: turns[0] = (turns[0][0], IMAGE_TOKEN * n_images + "\n" + turns[0][1]); n_tokens = n_images
+        if n_tokens == 0 and n_images:
+            turns[0] = (turns[0][0], IMAGE_TOKEN * n_images + "\n" + turns[0][1])
+            n_tokens = n_images
         if n_tokens != n_images:
             raise BadRow(f"{self.where(i, row)}: {n_tokens} {IMAGE_TOKEN} in the text but {n_images} images")
         return turns
@@ -340,7 +347,9 @@ class LlavaDataset(Dataset):
             try:
                 row = self.row(i)
                 n_img = len(image_names(row))
-            except ValueError: out.append(1); continue
+            except ValueError:
+                out.append(1)
+                continue
             conv = row.get("conversations")
             words = sum(len(t["value"].split()) for t in conv if isinstance(t, dict) and isinstance(t.get("value"), str)) \
                 if isinstance(conv, list) else 0
@@ -406,8 +415,12 @@ def preflight(ds: LlavaDataset, n: int = 16) -> dict:
     for i in range(len(ds)):
         if checked + len(unlabelled) >= n: break
         try: ex = ds.example(i)
-        except NoLabels as e: unlabelled[i] = e; continue
-        except BadRow as e: _skip(ds, i, e); continue
+        except NoLabels as e:
+            unlabelled[i] = e
+            continue
+        except BadRow as e:
+            _skip(ds, i, e)
+            continue
         kept = [l for l in ex["labels"] if l != IGNORE_INDEX]
         decoded = tok.decode(kept, skip_special_tokens=True)
         missing = [r for r in ex["replies"] if r.strip() not in decoded]  # the replies the sample learns

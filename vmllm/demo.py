@@ -32,7 +32,9 @@ def run_demo(family: str = "clip", connector: str = "vmllm", steps: int = 30, ma
     losses = []
     for _ in range(steps):
         loss = model(**batch).loss
-        loss.backward(); opt.step(); opt.zero_grad()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
         losses.append(loss.item())
     model.eval()
     gen_in = proc(["USER: <image>\nWhat is in the image? ASSISTANT:"], images=[draw_shape()])

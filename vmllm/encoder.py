@@ -169,7 +169,9 @@ class VisionTextEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         "The towers stay in eval mode (no dropout) whatever the parent module does."
-        super().train(mode); self.model.eval(); return self
+        super().train(mode)
+        self.model.eval()
+        return self
 
     @property
     def text_global_rule(self) -> tuple: return self.rule.text_global_quirk if self.reference_quirks else self.rule.text_global_clean
@@ -233,7 +235,8 @@ def _scalars_as_buffers(model):
     for name in ("logit_scale", "logit_bias"):
         p = getattr(model, name, None)
         if isinstance(p, nn.Parameter) and p.dim() == 0:
-            delattr(model, name); model.register_buffer(name, p.data)
+            delattr(model, name)
+            model.register_buffer(name, p.data)
 
 def _drop_last_vision_layer(vision_model):
     "Remove the last encoder layer (and the pooling head, which reads it) in place, once, as the reference does for SigLIP."

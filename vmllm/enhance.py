@@ -127,9 +127,11 @@ class VmllmEnhancer(nn.Module):
             x, c = split_global(to_embedding(s))                             # [n, N, e], [n, 1, e]
             terms = [x]
             if t is not None:
-                gt, details[f"{name}_text_gate"] = gate(x, t, *self._projs("txt_")); terms.append(gt)
+                gt, details[f"{name}_text_gate"] = gate(x, t, *self._projs("txt_"))
+                terms.append(gt)
             if "image" in self.gates:
-                gc, details[f"{name}_image_gate"] = gate(x, c, *self._projs("")); terms.append(gc)
+                gc, details[f"{name}_image_gate"] = gate(x, c, *self._projs(""))
+                terms.append(gc)
             fused.append(F.normalize(sum(terms) / len(terms), dim=-1))       # (X + G_t + G_c) / 3 in the full model
         out = self.proj(torch.cat(fused, dim=-1))                            # [n, N, D]
         return (out, details) if return_details else out

@@ -47,15 +47,26 @@ def read_question_rows(path) -> tuple[list[dict], list[str]]:
         if not raw.strip(): continue
         where = row_place(path, i)
         try: row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e: skipped.append(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})"); continue
-        except json.JSONDecodeError as e: skipped.append(f"{where}: not valid JSON ({e.msg})"); continue
-        except RecursionError: skipped.append(f"{where}: nested too deeply to read"); continue
-        if not isinstance(row, dict): skipped.append(f"{where}: a row must be a JSON object, not {json_kind(row)}"); continue
+        except UnicodeDecodeError as e:
+            skipped.append(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})")
+            continue
+        except json.JSONDecodeError as e:
+            skipped.append(f"{where}: not valid JSON ({e.msg})")
+            continue
+        except RecursionError:
+            skipped.append(f"{where}: nested too deeply to read")
+            continue
+        if not isinstance(row, dict):
+            skipped.append(f"{where}: a row must be a JSON object, not {json_kind(row)}")
+            continue
         if "question_id" in row: where += f" (question_id {row['question_id']})"
         q = row.get("text", row.get("question", ""))
-        if not isinstance(q, str): skipped.append(f"{where}: the question must be text, not {json_kind(q)}"); continue
+        if not isinstance(q, str):
+            skipped.append(f"{where}: the question must be text, not {json_kind(q)}")
+            continue
         if not q.strip():
-            skipped.append(f"{where}: no question ('text' or 'question')"); continue
+            skipped.append(f"{where}: no question ('text' or 'question')")
+            continue
         row.setdefault("question_id", i)
         rows.append({**row, "row": i, "_where": where})
     return rows, skipped
@@ -87,7 +98,9 @@ def _load_images(rows: list, image_folder, processor, skipped: list) -> list:
     good = []
     for r in rows:
         try: r = {**r, "_images": [open_image(image_path(image_folder or ".", n), processor) for n in image_names(r)]}
-        except ValueError as e: skipped.append(f"{r['_where']}: {e}"); continue  # a bad 'image', a path out of the folder, an unreadable image
+        except ValueError as e:
+            skipped.append(f"{r['_where']}: {e}")
+            continue  # a bad 'image', a path out of the folder, an unreadable image
         good.append(r)
     return good
 

@@ -47,14 +47,17 @@ def chat_request(messages: list, # lmms-eval `doc_to_messages` output: role/cont
         role = _part(m, "role")
         if role == "system": continue
         content = _part(m, "content")
-        if isinstance(content, str): hf.append({"role": role, "content": content}); continue
+        if isinstance(content, str):
+            hf.append({"role": role, "content": content})
+            continue
         parts = []
         for c in content or []:
             kind = _part(c, "type")
             if kind == "image":
                 im = next((_part(c, k) for k in ("url", "image", "path") if _part(c, k) is not None), None)
                 if im is None: raise ValueError("an image part of the request has no url/image/path")
-                images.append(open_image(im, processor)); parts.append({"type": "image"})
+                images.append(open_image(im, processor))
+                parts.append({"type": "image"})
             elif kind == "text": parts.append({"type": "text", "text": _part(c, "text", "")})
             else: raise ValueError(f"vmllm reads image and text parts, not {kind!r}")
         hf.append({"role": role, "content": parts})
@@ -189,7 +192,8 @@ def write_toy_task(heldout_file, image_folder, out_dir, task: str = "vmllm_toy",
     "An lmms-eval task folder over a toy held-out question file (absolute image paths inside)."
     import json
     from pathlib import Path
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(l) for l in Path(heldout_file).read_text().splitlines() if l.strip()][:limit]
     for r in rows: r["image_path"] = str((Path(image_folder) / r["image"]).resolve())
     (out / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -22,11 +22,10 @@ from .core import require_files, user_errors, write_text_atomic
 from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
 from .zoo import load_any
 from .synth import check_categories, make_toy_data, toy_corpus, toy_tokenizers
-from .backends import backend_of, configure_deepspeed, zero3_off
+from .backends import backend_of, configure_deepspeed, make_accelerator, zero3_off
 from .checkpoints import SAFE_TO_CHANGE, _kill_point, atomic_dir, changed_settings
 from .train import StageConfig, train_contrastive, train_language_model, train_stage
-from accelerate import FullyShardedDataParallelPlugin, PartialState
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
+from accelerate.utils import set_seed
 
 # %% auto #0
 __all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS', 'NO_LLM',
@@ -321,7 +320,8 @@ def _take(f: Path, me: dict) -> bool:
 def output_lock(out: Path, main_process: bool = True):
     "Hold `out/vmllm.lock` while the block runs: refuse if another live process holds it, take it over if its holder is gone."
     if not main_process:
-        yield; return
+        yield
+        return
     out.mkdir(parents=True, exist_ok=True)
     f, host = out / LOCK_FILE, socket.gethostname()
     me = dict(host=host, pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv))
@@ -340,28 +340,6 @@ def output_lock(out: Path, main_process: bool = True):
         if _holder(f).get("pid") == me["pid"] and _holder(f).get("host") == host: f.unlink(missing_ok=True)
 
 # %% ../nbs/13_recipes.ipynb #c013
-def _accelerator(cfg: dict) -> Accelerator:
-    "One Accelerator per run; a launcher's mixed-precision setting wins over the recipe's. Several CPU processes talk over gloo."
-    mp = None if os.environ.get("ACCELERATE_MIXED_PRECISION") else cfg.get("mixed_precision", "no")
-    if mp == "bf16" and not torch.cuda.is_available() and not torch.backends.mps.is_available(): mp = "no"
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1 or torch.cuda.is_available(): return Accelerator(mixed_precision=mp)
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true": return _fsdp2_on_cpus(mp)
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # accelerate needs the process group named for DeepSpeed
-        return Accelerator(mixed_precision=mp, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
-    return Accelerator(mixed_precision=mp, cpu=True)  # DDP, e.g. torchrun on CPUs
-
-def _fsdp2_on_cpus(mp) -> Accelerator:
-    """accelerate turns FSDP on for GPUs only, but its FSDP2 path (PyTorch's `fully_shard`) runs as well on CPU processes
-    over gloo: make the CPU accelerator an FSDP2 one, with the plugin the launcher's config describes."""
-    if os.environ.get("FSDP_VERSION", "1") != "2":  # FSDP1 wants a GPU per process
-        raise ValueError("on CPUs only FSDP2 runs (set fsdp_version: 2, as configs/accelerate/fsdp.yaml does); "
-                         "or use DDP (torchrun --nproc_per_node N) or DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml)")
-    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings `accelerate launch` exported
-    acc = Accelerator(mixed_precision=mp, cpu=True, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
-    PartialState._shared_state["distributed_type"] = acc.state.distributed_type = DistributedType.FSDP  # both: states re-read it
-    acc.state.fsdp_plugin = plugin
-    return acc
-
 def _stage0_report(what: str, t0: float, losses: list, c: dict) -> dict:
     "Time, rate and loss curve ends of a stage-0 run, printed as one line."
     sec = time.perf_counter() - t0
@@ -411,7 +389,9 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
             losses = train_contrastive(encoder, processor_for(encoder.config, *toks), data["stage1"], data["image_folder"], seed=cfg["seed"],
                                        progress=progress and acc.is_main_process, **cfg["stage0"])
             if acc.is_main_process:
-                with atomic_dir(enc_dir) as tmp: encoder.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
+                with atomic_dir(enc_dir) as tmp:
+                    encoder.save_pretrained(tmp)
+                    (tmp / "losses.json").write_text(json.dumps(losses))
                 times["0"] = _stage0_report("contrastive", t, losses, cfg["stage0"])
     model, proc = with_prompt_rule(tiny_vmllm(m["family"], encoder_model=encoder, **kw), m)
     if 0 in cfg["stages"]:
@@ -423,7 +403,9 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
             losses = train_language_model(model.language_model, toks[0], toy_corpus(data), seed=cfg["seed"],
                                           progress=progress and acc.is_main_process, **lm_cfg)
             if acc.is_main_process:
-                with atomic_dir(lm_dir) as tmp: model.language_model.save_pretrained(tmp); (tmp / "losses.json").write_text(json.dumps(losses))
+                with atomic_dir(lm_dir) as tmp:
+                    model.language_model.save_pretrained(tmp)
+                    (tmp / "losses.json").write_text(json.dumps(losses))
                 times["0_llm"] = _stage0_report("LLM", t, losses, lm_cfg)
     return model, proc
 
@@ -441,7 +423,10 @@ def check_resume_config(out: Path, cfg: dict):
 
 def finished(final: Path) -> bool:
     "A stage's final model folder is complete with its record (both written atomically, the record first; this also rejects older partial ones)."
-    try: require_files(final, *CHECKPOINT_FILES); require_files(final.parent, "history.json"); return True
+    try:
+        require_files(final, *CHECKPOINT_FILES)
+        require_files(final.parent, "history.json")
+        return True
     except FileNotFoundError: return False
 
 def stage_record(stage_dir: Path) -> dict:
@@ -453,7 +438,7 @@ def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe, as the only writer of its output folder; returns a summary (per stage, and held-out accuracy for the toy)."
     check_recipe(cfg)  # before any data, model or folder is made
     check_inputs(cfg, resume)  # every stage's files now, not once the stages before it have trained
-    acc = _accelerator(cfg)
+    acc = make_accelerator(cfg.get("mixed_precision", "no"))
     _check_backend(cfg, acc)  # still no folder: a refused launch leaves nothing behind
     with output_lock(Path(cfg["output_dir"]), main_process=acc.is_main_process):
         return _run(cfg, acc, resume, progress)
@@ -489,7 +474,8 @@ def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
         final = out / f"stage{stage}" / "final"
         if resume and finished(final):
             with zero3_off(): model, proc = load_pretrained(final)
-            summary["stages"][stage] = dict(loaded=str(final), **stage_record(final.parent)); continue
+            summary["stages"][stage] = dict(loaded=str(final), **stage_record(final.parent))
+            continue
         t = time.perf_counter()
         r = train_stage(model, proc, sc, out / f"stage{stage}", resume=resume, accelerator=acc, progress=progress)
         with zero3_off(): model, proc = load_pretrained(r["final_dir"])  # what follows uses what was saved

@@ -114,7 +114,8 @@ def ask(things: list[Thing], rng: random.Random,
         cats = [c for c, w in weights.items() if w > 0 and any(x[0] == c for x in qs)]
         if not cats: break
         c = rng.choices(cats, [weights[c] for c in cats])[0]
-        out.append(rng.choice([x for x in qs if x[0] == c])); qs.remove(out[-1])
+        out.append(rng.choice([x for x in qs if x[0] == c]))
+        qs.remove(out[-1])
     return out or qs[:1]
 
 # %% ../nbs/08_synth.ipynb #c012
@@ -127,9 +128,11 @@ def _heldout_rows(rng: random.Random, n: int, image_size: int, img_dir: Path, se
     "`n` held-out questions on new scenes, none of whose pixels are in `seen` (digests of the training images)."
     rows = []
     while len(rows) < n:
-        things = random_scene(rng); im = draw_scene(things, image_size, rng)
+        things = random_scene(rng)
+        im = draw_scene(things, image_size, rng)
         if image_digest(im) in seen: continue  # the same picture as a training image: draw another
-        name = f"{prefix}_{len(rows):05d}.png"; im.save(img_dir / name)
+        name = f"{prefix}_{len(rows):05d}.png"
+        im.save(img_dir / name)
         cat, q, a = rng.choice([x for x in questions(things, rng) if x[0] in HELDOUT_CATEGORIES])
         rows.append({"question_id": f"{prefix}_{len(rows)}", "image": name, "text": q, "answer": a, "category": cat})
     return rows
@@ -156,15 +159,20 @@ def make_toy_data(out_dir, # created if needed
     "Write images, stage1.json, stage2.json and heldout.jsonl under `out_dir`; return their paths and counts."
     check_categories(categories)
     if not 0 <= multi_turn <= 1: raise ValueError(f"multi_turn={multi_turn!r}: a share of the rows, from 0 to 1")
-    out = Path(out_dir); img_dir = out / "images"; img_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
     rng, seen = random.Random(seed), set()
     def new_image(name):
-        things = random_scene(rng); im = draw_scene(things, image_size, rng)
-        im.save(img_dir / name); seen.add(image_digest(im))
+        things = random_scene(rng)
+        im = draw_scene(things, image_size, rng)
+        im.save(img_dir / name)
+        seen.add(image_digest(im))
         return things
     stage1 = []
     for i in range(n_stage1):
-        name = f"s1_{i:05d}.png"; things = new_image(name)
+        name = f"s1_{i:05d}.png"
+        things = new_image(name)
         stage1.append({"id": f"s1_{i}", "image": name,
                        "conversations": _conv([(f"{IMAGE_TOKEN}\nDescribe the image.", caption(things))])})
     stage2 = []
@@ -173,7 +181,8 @@ def make_toy_data(out_dir, # created if needed
             a, b = rng.randint(0, 9), rng.randint(0, 9)
             stage2.append({"id": f"s2_{i}", "conversations": _conv([(f"What is {a} plus {b}?", str(a + b))])})
             continue
-        name = f"s2_{i:05d}.png"; things = new_image(name)
+        name = f"s2_{i:05d}.png"
+        things = new_image(name)
         several = multi_turn > 0 and rng.random() < multi_turn  # drawn only when asked: data made without it is unchanged
         asked = ask(things, rng, MULTI_TURN if several else turns, categories)
         if several: asked = position_last(asked)

@@ -217,7 +217,8 @@ def optimizer_step(model, micro: list, acc: Accelerator, opt, sched, params: lis
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.zeros(())
         if hasattr(grad_norm, "full_tensor"): grad_norm = grad_norm.full_tensor()  # FSDP2: a DTensor
         if acc.reduce((~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))).float(), "sum") > 0: raise stop("gradient")
-        opt.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     elif not math.isfinite(float(engine.get_global_grad_norm() or 0.0)):
         raise stop("gradient (DeepSpeed had already taken the step)")
     sched.step()
@@ -228,21 +229,25 @@ def record_step(state: dict, micro: list, loss: float, lr: float, acc: Accelerat
     "Count the step, its samples and its skipped/shortened rows (summed over processes) in `state`."
     skipped, shortened = acc.reduce(torch.tensor([sum(b["skipped"] for b in micro), sum(b["shortened"] for b in micro)],
                                                  device=acc.device), "sum").tolist()
-    state["skipped"] += int(skipped); state["shortened"] += int(shortened)
+    state["skipped"] += int(skipped)
+    state["shortened"] += int(shortened)
     state["samples"] += sum(len(b["ids"]) + b["skipped"] for b in micro) * acc.num_processes
-    state["step"] += 1; state["batch_in_epoch"] += len(micro)
+    state["step"] += 1
+    state["batch_in_epoch"] += len(micro)
     rate = (state["samples"] - samples0) / (time.perf_counter() - t0)
     state["history"].append(dict(step=state["step"], loss=loss, lr=lr, samples_per_s=rate))
 
 # %% ../nbs/10_train.ipynb #5d1fea12
 def plot_history(history: list, path):
     "Loss (and learning rate) against step, as a PNG, written whole (rendered in memory, then `write_bytes_atomic`)."
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
     ax.set(xlabel="step", ylabel="loss", yscale="log", title=Path(path).parent.name)
-    ax2 = ax.twinx(); ax2.plot([h["step"] for h in history], [h["lr"] for h in history], color="gray", lw=0.8, ls="--")
+    ax2 = ax.twinx()
+    ax2.plot([h["step"] for h in history], [h["lr"] for h in history], color="gray", lw=0.8, ls="--")
     ax2.set_ylabel("learning rate", color="gray")
     fig.tight_layout()
     png = io.BytesIO()
@@ -278,7 +283,8 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
                 accelerator: Accelerator | None = None, progress: bool = True) -> dict:
     "Run one training stage; return its summary. The trained model is saved to `output_dir/final`."
     acc = accelerator or Accelerator()
-    out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
     ds = LlavaDataset(cfg.data, cfg.image_folder, processor, cfg.template, cfg.max_length, cfg.strict)
     if cfg.strict: ds.check_all(raise_errors=True, progress=progress and acc.is_main_process)  # every bad row, before any step
@@ -311,16 +317,19 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
             micro.append(batch)
             if len(micro) < cfg.grad_accum: continue
             loss = optimizer_step(model, micro, acc, opt, sched, params, connector_params, cfg, state["step"] + 1)
-            record_step(state, micro, loss, sched.get_last_lr()[0], acc, t0, samples0); micro = []
+            record_step(state, micro, loss, sched.get_last_lr()[0], acc, t0, samples0)
+            micro = []
             h = state["history"][-1]
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{h['lr']:.2e}", samples_s=f"{h['samples_per_s']:.1f}", refresh=False); bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{h['lr']:.2e}", samples_s=f"{h['samples_per_s']:.1f}", refresh=False)
+            bar.update(1)
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
                 save_checkpoint(acc, out, state, model, opt, sched, cfg.keep_checkpoints)
                 if acc.is_main_process: plot_history(state["history"], out / "loss.png")
             _kill_point(f"stage{cfg.stage}:step{state['step']}")
             if state["step"] >= total: break
         else:
-            state["epoch"] += 1; state["batch_in_epoch"] = 0
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
     bar.close()
     acc.wait_for_everyone()
     bad = sorted({i for rows in gather_object([state.get("bad_rows", [])]) for i in rows})  # each bad row once, all processes
@@ -338,7 +347,8 @@ def caption_pairs(ds: LlavaDataset) -> list[tuple[Path, str]]:
     pairs = []
     for i in range(len(ds)):
         try:
-            row = ds.row(i); paths = ds.image_paths(i, row)
+            row = ds.row(i)
+            paths = ds.image_paths(i, row)
             reply = next(t["value"] for t in row.get("conversations", []) if t.get("from") not in ("human", "user"))
         except Exception: continue
         if len(paths) == 1: pairs.append((paths[0], reply))
@@ -350,7 +360,8 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
     "Contrastive image-caption training of both towers; returns the loss per step."
     ds = LlavaDataset(data, image_folder, processor, "plain")
     pairs = caption_pairs(ds)
-    rng = random.Random(seed); torch.manual_seed(seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     encoder_model.train().requires_grad_(True)
     opt = torch.optim.AdamW(encoder_model.parameters(), lr=lr, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
@@ -366,7 +377,10 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
         masked = text_input_rule(processor.family, processor.reference_quirks)[1]  # as the text tower reads prompts later
         kw = dict(attention_mask=text["prompt_attention_mask"]) if masked else {}
         out = encoder_model(input_ids=text["prompt_input_ids"], pixel_values=processor.pixel_values(ims), return_loss=True, **kw)
-        out.loss.backward(); opt.step(); sched.step(); opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
         losses.append(out.loss.item())
     encoder_model.eval().requires_grad_(False)
     return losses
@@ -375,7 +389,8 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
 def train_language_model(lm, tokenizer, texts: list[str], steps: int = 200, batch_size: int = 64, lr: float = 1e-3,
                          seed: int = 0, progress: bool = True) -> list[float]:
     "Causal-LM training of `lm` (in place) on `texts`; returns the loss per step."
-    rng = random.Random(seed); torch.manual_seed(seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     lm.train()
     opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
@@ -385,7 +400,10 @@ def train_language_model(lm, tokenizer, texts: list[str], steps: int = 200, batc
                         padding=True, return_tensors="pt")
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
         loss = lm(**enc, labels=labels).loss
-        loss.backward(); opt.step(); sched.step(); opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
         losses.append(loss.item())
     lm.eval()
     return losses

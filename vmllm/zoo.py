@@ -145,7 +145,9 @@ def inspect_checkpoint(path) -> dict:
         return info
     if "mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava"):
         info.update(kind="reference", vision_tower=cfg.get("mm_vision_tower"))
-        if not files: info["missing"].append("weights (model*.safetensors or pytorch_model*.bin)"); return info
+        if not files:
+            info["missing"].append("weights (model*.safetensors or pytorch_model*.bin)")
+            return info
         proj = [n[len(prefix):] for n in names if n.startswith(prefix)]
         if proj: info["connector"] = projector_type(proj)
         else: info["missing"].append("connector weights (model.mm_projector.*)")
@@ -160,8 +162,10 @@ def inspect_checkpoint(path) -> dict:
 # %% ../nbs/11_zoo.ipynb #c016
 def save_tower_dir(encoder_model, encoder_tokenizer, image_processor, path) -> Path:
     "A local CLIP/SigLIP directory as the hub ships it (weights, config, tokenizer, preprocessor)."
-    path = Path(path); encoder_model.save_pretrained(path)
-    encoder_tokenizer.save_pretrained(path); image_processor.save_pretrained(path)
+    path = Path(path)
+    encoder_model.save_pretrained(path)
+    encoder_tokenizer.save_pretrained(path)
+    image_processor.save_pretrained(path)
     return path
 
 def _reference_config(model, max_length: int = 2048) -> dict:
@@ -190,7 +194,8 @@ def reference_state_dict(model, include_tower: bool = True, vocab_size: int | No
 
 def save_sharded(sd: dict, path, max_tensors: int = 0, fmt: str = "safetensors") -> list[str]:
     "Write `sd` as one file or shards of `max_tensors` tensors with an index (safetensors or .bin)."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
     names = sorted(sd)
     chunks = [names[i:i + max_tensors] for i in range(0, len(names), max_tensors)] if max_tensors else [names]
@@ -200,7 +205,8 @@ def save_sharded(sd: dict, path, max_tensors: int = 0, fmt: str = "safetensors")
         part = {n: sd[n].contiguous() for n in chunk}
         if fmt == "safetensors": save_file(part, path / fname, metadata={"format": "pt"})
         else: torch.save(part, path / fname)
-        files.append(fname); weight_map.update({n: fname for n in chunk})
+        files.append(fname)
+        weight_map.update({n: fname for n in chunk})
     if len(chunks) > 1:
         (path / f"{stem}.{ext}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
     return files
@@ -350,9 +356,12 @@ _TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json"
 def to_vmllm(src, dst, vision_tower=None) -> Path:
     "Convert a released SFT directory to a vmllm checkpoint directory."
     model, proc = load_reference(src, vision_tower)
-    dst = Path(dst); dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dst); proc.save_pretrained(dst)
-    keep = dst / "reference_tokenizer"; keep.mkdir(exist_ok=True)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dst)
+    proc.save_pretrained(dst)
+    keep = dst / "reference_tokenizer"
+    keep.mkdir(exist_ok=True)
     for pattern in _TOKENIZER_GLOBS:
         for f in Path(src).glob(pattern): shutil.copy2(f, keep / f.name)
     return dst
@@ -361,7 +370,8 @@ def to_reference(src, dst, include_tower: bool | None = None, max_tensors: int =
     "Write a vmllm checkpoint directory in the released (LLaVA) layout."
     model, proc = load_pretrained(src)
     meta = getattr(model.config, "reference", None) or {}
-    dst = Path(dst); dst.mkdir(parents=True, exist_ok=True)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
     if include_tower is None: include_tower = meta.get("has_tower", True)
     sd = reference_state_dict(model, include_tower, meta.get("vocab_size"))
     save_sharded(sd, dst, max_tensors)
