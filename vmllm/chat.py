@@ -126,7 +126,8 @@ def gate_grid(gate) -> torch.Tensor:
 
 @torch.no_grad()
 def explain_prediction(model, processor, image, prompt: str | None, out_dir, prefix: str = "",
-                       turns: list | None = None) -> list[Path]: # the conversation the model read, if not one question
+                       turns: list | None = None, # the conversation the model read, if not one question
+                       gate_columns: int | None = None) -> list[Path]: # gates a row in gates.png; default: all in one strip
     "Save layers.png (layer attention per image token) and gates.png (gate maps on the patch grid) for `prompt` (or `turns`)."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,12 +139,12 @@ def explain_prediction(model, processor, image, prompt: str | None, out_dir, pre
     if halves:
         paths.append(_plot_layer_weights(plt, im, det, halves, prompt, out / f"{prefix}layers.png", model.vision_tower.rule.has_cls))
     gates = [k for k in det if k.endswith("_gate")]
-    if gates: paths.append(_plot_gates(plt, im, det, gates, prompt, out / f"{prefix}gates.png"))
+    if gates: paths.append(_plot_gates(plt, im, det, gates, prompt, out / f"{prefix}gates.png", gate_columns))
     return paths
 
 def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Path, has_cls: bool) -> Path:
     "One panel per half: the weight each image token (column) gives each hidden state (row, its integer index)."
-    fig, axs = plt.subplots(1, len(halves) + 1, figsize=(4.2 * (len(halves) + 1), 3.6), squeeze=False)
+    fig, axs = plt.subplots(1, len(halves) + 1, figsize=(4.2 * (len(halves) + 1), 3.6), squeeze=False, layout="constrained")
     axs[0, 0].imshow(im); axs[0, 0].set_title("image"); axs[0, 0].axis("off")
     first = 0
     for ax, k in zip(axs[0, 1:], halves):
@@ -159,16 +160,21 @@ def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Pat
     fig.savefig(path, dpi=100); plt.close(fig)
     return path
 
-def _plot_gates(plt, im, det: dict, gates: list, prompt: str, path: Path) -> Path:
-    "Each gate's value per patch, laid over the image (0: the gate shut that token's copy, 1: let it through)."
-    fig, axs = plt.subplots(1, len(gates) + 1, figsize=(2.4 * (len(gates) + 1), 2.9), squeeze=False)
-    axs[0, 0].imshow(im); axs[0, 0].set_title("image", fontsize=8); axs[0, 0].axis("off")
-    for ax, k in zip(axs[0, 1:], gates):
+def _plot_gates(plt, im, det: dict, gates: list, prompt: str, path: Path, columns: int | None = None) -> Path:
+    "Each gate's value per patch, laid over the image (0: the gate shut that token's copy, 1: let it through): the image on the left, then `columns` gates a row."
+    columns = columns or len(gates)
+    rows = -(-len(gates) // columns)
+    fig = plt.figure(figsize=(2.4 * (columns + 1), 2.4 * rows + 0.5), layout="constrained")
+    grid = fig.add_gridspec(rows, columns + 1)
+    first = fig.add_subplot(grid[:, 0])
+    first.imshow(im); first.set_title("image", fontsize=8); first.axis("off")
+    axs = [fig.add_subplot(grid[i // columns, 1 + i % columns]) for i in range(len(gates))]
+    for ax, k in zip(axs, gates):
         ax.imshow(im)
         shown = ax.imshow(gate_grid(det[k][0].cpu()), vmin=0, vmax=1, cmap="viridis", alpha=0.6,
                           extent=[0, im.width, im.height, 0], interpolation="nearest")
         ax.set_title(k.replace("_", " "), fontsize=8); ax.axis("off")
-    fig.colorbar(shown, ax=axs[0, 1:].tolist(), label="gate value", shrink=0.8)
+    fig.colorbar(shown, ax=axs, label="gate value", shrink=0.8)
     fig.suptitle(f"where each gate looked - {prompt[:60]!r}", fontsize=9)
     fig.savefig(path, dpi=100); plt.close(fig)
     return path
