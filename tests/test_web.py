@@ -1,6 +1,7 @@
 """`vmllm_web` end to end: a launched server on 127.0.0.1, asked through `gradio_client`."""
-import shutil, socket, subprocess, sys, time
+import json, shutil, socket, subprocess, sys, time, urllib.request
 import pytest
+from PIL import Image
 
 pytest.importorskip("gradio", reason="the web demo needs gradio (pip install 'vmllm[demo]')")
 gradio_client = pytest.importorskip("gradio_client", reason="the web demo test needs gradio_client")
@@ -21,7 +22,8 @@ def server(tmp_path_factory):
     d = tiny_checkpoint(tmp_path_factory.mktemp("web"), "purple")
     port = free_port()
     cmd = [shutil.which("vmllm_web")] if shutil.which("vmllm_web") else [sys.executable, "-m", "vmllm.web"]
-    proc_ = subprocess.Popen(cmd + ["--model", str(d / "model"), "--port", str(port), "--max_new_tokens", "8"],
+    proc_ = subprocess.Popen(cmd + ["--model", str(d / "model"), "--port", str(port), "--max_new_tokens", "8",
+                              "--max_image_side", "64"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     for _ in range(240):
@@ -40,14 +42,46 @@ def test_answers_equal_chat_and_come_with_pictures(server):
     client = gradio_client.Client(url, verbose=False)
     model, proc = load_pretrained(d / "model")
     chat = Chat(model, proc, images=[d / "purple.png"], max_new_tokens=8, temperature=0)
-    history = []
     for q in ("What is it?", "And its colour?"):
-        history, layers, gates, box = client.predict(q, gradio_client.handle_file(str(d / "purple.png")), history, 0,
-                                                     api_name="/ask")
+        history, layers, gates, box = client.predict(q, gradio_client.handle_file(str(d / "purple.png")), 0, api_name="/ask")
         assert history[-1]["role"] == "assistant"
         assert text_of(history[-1]["content"]) == chat.ask(q)  # same greedy reply, second turn included
         assert layers and gates and box == ""
     assert len(history) == 4
+
+def ask_once(url, question, upload):
+    "The chat after one question on a fresh session."
+    history, layers, gates, _ = gradio_client.Client(url, verbose=False).predict(question, upload, 0, api_name="/ask")
+    return [text_of(m["content"]) for m in history], layers, gates
+
+def test_mistakes_get_a_note_in_the_chat(server, tmp_path):
+    d, url, _ = server
+    purple = gradio_client.handle_file(str(d / "purple.png"))
+    assert ask_once(url, "What is it?", None)[0] == ["What is it?", "⚠ No image yet: upload one (the box on the left), then ask again."]
+    assert ask_once(url, " ", purple)[0] == ["⚠ Type a question first, then press Enter or Send."]
+    (tmp_path / "notes.txt").write_text("not a picture")
+    texts, layers, gates = ask_once(url, "What is it?", gradio_client.handle_file(str(tmp_path / "notes.txt")))
+    assert texts == ["What is it?", "⚠ `notes.txt` is not an image this page can read (UnidentifiedImageError): "
+                                    "upload a PNG, JPEG or WebP file."]
+    assert layers is None and gates is None
+
+def test_oversized_image_is_downscaled_saying_so(server, tmp_path):
+    d, url, _ = server
+    Image.new("RGB", (200, 100), "orange").save(tmp_path / "wide.png")
+    texts, layers, gates = ask_once(url, "What is it?", gradio_client.handle_file(str(tmp_path / "wide.png")))
+    assert texts[1] == "⚠ `wide.png` is 200×100 px, over the limit of 64 px a side: downscaled to 64×32 px."
+    small = Image.open(tmp_path / "wide.png").convert("RGB")
+    small.thumbnail((64, 64), Image.LANCZOS)
+    model, proc = load_pretrained(d / "model")
+    assert texts[2] == Chat(model, proc, images=[small], max_new_tokens=8, temperature=0).ask("What is it?")
+    assert layers and gates
+
+def test_page_names_model_connector_and_template(server):
+    d, url, _ = server
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+    texts = [c["props"].get("value") or "" for c in config["components"] if c["type"] == "markdown"]
+    assert any("**model** `model`" in t and "**connector** `vmllm`" in t and "**template** `vicuna_v1`" in t
+               and "over 64 px a side" in t for t in texts), texts
 
 def outward_ip() -> str | None:
     "This machine's address on its default route (no packet is sent), or None."
