@@ -1,5 +1,5 @@
 """`vmllm_web` end to end: a launched server on 127.0.0.1, asked through `gradio_client`."""
-import json, shutil, socket, subprocess, sys, time, urllib.request
+import json, socket, subprocess, sys, urllib.request
 import pytest
 from PIL import Image
 
@@ -7,11 +7,7 @@ pytest.importorskip("gradio", reason="the web demo needs gradio (pip install 'vm
 gradio_client = pytest.importorskip("gradio_client", reason="the web demo test needs gradio_client")
 from vmllm.chat import Chat
 from vmllm.model import load_pretrained
-from conftest import tiny_checkpoint
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+from conftest import tiny_checkpoint, web_server
 
 def text_of(content) -> str:
     "A chatbot message's text (gradio gives a string or a list of parts)."
@@ -20,22 +16,8 @@ def text_of(content) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     d = tiny_checkpoint(tmp_path_factory.mktemp("web"), "purple")
-    port = free_port()
-    cmd = [shutil.which("vmllm_web")] if shutil.which("vmllm_web") else [sys.executable, "-m", "vmllm.web"]
-    proc_ = subprocess.Popen(cmd + ["--model", str(d / "model"), "--port", str(port), "--max_new_tokens", "8",
-                              "--max_image_side", "64"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        if proc_.poll() is not None: pytest.fail(f"vmllm_web exited: {proc_.stdout.read()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5): break
-        except OSError: time.sleep(0.5)
-    else: pytest.fail("vmllm_web did not start in 120 s")
-    yield d, url, port
-    proc_.terminate()
-    try: proc_.wait(10)
-    except subprocess.TimeoutExpired: proc_.kill()
+    with web_server(d / "model", "--max_new_tokens", "8", "--max_image_side", "64") as (url, port):
+        yield d, url, port
 
 def test_answers_equal_chat_and_come_with_pictures(server):
     d, url, _ = server
@@ -101,3 +83,16 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vmllm.web", "--model", str(tmp_path / "nope")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode != 0 and "vmllm_web:" in r.stderr and "not found" in r.stderr
+
+def test_pictures_cleared_as_a_new_answer_starts(server):
+    d, url, _ = server
+    client = gradio_client.Client(url, verbose=False)
+    purple = gradio_client.handle_file(str(d / "purple.png"))
+    _, layers, gates, _ = client.predict("What is it?", purple, 0, api_name="/ask")
+    assert layers and gates
+    job = client.submit("And now?", purple, 0, api_name="/ask")
+    job.result()
+    first, *streamed, last = job.outputs()
+    assert first[1] is None and first[2] is None                       # the last answer's pictures go at once
+    assert all(l == g == {"__type__": "update"} for _, l, g, _ in streamed)  # left alone while the reply streams
+    assert last[1].endswith(".png") and last[2].endswith(".png")       # this answer's own, sharp (not webp)

@@ -8,7 +8,7 @@ import hashlib, queue, tempfile, threading, traceback, uuid
 from pathlib import Path
 from fastcore.script import Param, call_parse
 from PIL import Image
-from .chat import Chat, explain_prediction
+from .chat import Chat, ContextFull, explain_prediction
 from .core import UserError, user_errors
 from .processor import ImageError, open_rgb
 
@@ -21,7 +21,7 @@ def answer_stream(model, processor, question: str, image=None, # a PIL image or 
                   template: str | None = None, # default: the processor's template
                   max_new_tokens: int = 256, temperature: float = 0.2,
                   explain_dir=None, # where to draw layers.png/gates.png for this answer (vmllm connector and an image)
-                  gate_columns: int | None = None): # gates a row in gates.png (`explain_prediction`); default: one strip
+                  narrow: bool = False): # pictures laid out for a narrow panel (`explain_prediction`)
     "Yield the reply as it grows, then `dict(reply=, turns=, pictures=)`."
     chat = Chat(model, processor, template,
                 [image] if image is not None else [], max_new_tokens, temperature)
@@ -41,7 +41,7 @@ def answer_stream(model, processor, question: str, image=None, # a PIL image or 
     pictures = []
     if explain_dir is not None and image is not None and model.config.mm_projector_type == "vmllm":
         pictures = explain_prediction(model, processor, image, question, explain_dir, turns=chat.read_turns,
-                                      gate_columns=gate_columns)
+                                      narrow=narrow)
     yield dict(reply=value, turns=chat.turns, pictures=pictures)
 
 # %% ../nbs/17_web.ipynb #u002
@@ -107,7 +107,7 @@ def respond(model, processor, question: str, upload, # the image: gradio's file 
     yield {"history": history, "state": {**state, "history": history}, "pictures": {}}  # the last answer's pictures go
     try:
         for ev in answer_stream(model, processor, question, image, state["turns"], template, max_new_tokens, float(temperature),
-                                None if workdir is None else Path(workdir) / uuid.uuid4().hex, gate_columns=2):
+                                None if workdir is None else Path(workdir) / uuid.uuid4().hex, narrow=True):
             if isinstance(ev, str):
                 history[-1] = {"role": "assistant", "content": ev}
                 yield {"history": history, "state": {**state, "history": history}}
@@ -117,7 +117,8 @@ def respond(model, processor, question: str, upload, # the image: gradio's file 
                 yield {"history": history, "state": {**state, "turns": ev["turns"], "history": history}, "pictures": pictures}
     except Exception as e:
         traceback.print_exc()
-        history[-1] = _note(f"the model could not answer: {type(e).__name__}: {e}")
+        again = " (press New chat to start again)" if isinstance(e, ContextFull) else ""
+        history[-1] = _note(f"the model could not answer: {type(e).__name__}: {e}{again}")
         yield {"history": history, "state": {**state, "history": history}, "pictures": {}}
 
 def build_app(model, processor, template: str | None = None, max_new_tokens: int = 256, temperature: float = 0.2,
@@ -137,16 +138,20 @@ def build_app(model, processor, template: str | None = None, max_new_tokens: int
         gr.Markdown(model_line(model, processor, name, template, max_side), elem_id="model-info")
         state = gr.State(None)
         with gr.Row():
-            image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="image", height=360)
-            chatbot = gr.Chatbot(label="conversation", height=360)
+            image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="image", height=360, elem_id="image")
+            chatbot = gr.Chatbot(label="conversation", height=360, elem_id="conversation")
         with gr.Row():
-            question = gr.Textbox(label="question", placeholder="Ask about the image, then press Enter", scale=4)
+            question = gr.Textbox(label="question", placeholder="Ask about the image, then press Enter", scale=4,
+                                  elem_id="question")
             temp = gr.Slider(0, 1, value=temperature, step=0.05, label="temperature (0: greedy)", scale=1)
         with gr.Row():
-            send, clear = gr.Button("Send", variant="primary"), gr.Button("New chat")
+            send, clear = gr.Button("Send", variant="primary", elem_id="send"), gr.Button("New chat")
         with gr.Row():
-            layers = gr.Image(type="pil", label="which layers each image token drew on", interactive=False, scale=3)
-            gates = gr.Image(type="pil", label="where each gate looked", interactive=False, scale=2)
+            # unlabelled: each picture's own title says what it shows (a label would cover it)
+            layers = gr.Image(type="pil", label="which layers each image token drew on", show_label=False, interactive=False,
+                              format="png", elem_id="layers")
+            gates = gr.Image(type="pil", label="where each gate looked", show_label=False, interactive=False,
+                             format="png", elem_id="gates")
         outs = [chatbot, state, layers, gates, question]
         # the upload is read by `respond` (preprocess=False): a file that is not an image gets a note, not an error page
         send.click(ask, [question, image, state, temp], outs, api_name="ask", preprocess=False)
