@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_web.ipynb #c003
 from __future__ import annotations
-import hashlib, queue, tempfile, threading, traceback, uuid
+import hashlib, logging, queue, tempfile, threading, uuid
 from pathlib import Path
 from fastcore.script import Param, call_parse
 from PIL import Image
@@ -62,6 +62,8 @@ def read_upload(path, max_side: int = MAX_SIDE, # px, on the longer side
                 f"downscaled to {im.size[0]}×{im.size[1]} px.")
 
 # %% ../nbs/17_web.ipynb #c010
+_log = logging.getLogger("vmllm.web")
+
 def model_line(model, processor, name: str, template: str | None = None, max_side: int = MAX_SIDE) -> str:
     "The page's first line: which model answers, through which connector and template, and the size limit."
     return (f"**model** `{name}` · **connector** `{model.config.mm_projector_type}` · "
@@ -116,7 +118,7 @@ def respond(model, processor, question: str, upload, # the image: gradio's file 
                 pictures = {p.stem: Image.open(p).copy() for p in ev["pictures"]}
                 yield {"history": history, "state": {**state, "turns": ev["turns"], "history": history}, "pictures": pictures}
     except Exception as e:
-        traceback.print_exc()
+        _log.exception("the model could not answer %r", question)  # the traceback, for the server's log
         again = " (press New chat to start again)" if isinstance(e, ContextFull) else ""
         history[-1] = _note(f"the model could not answer: {type(e).__name__}: {e}{again}")
         yield {"history": history, "state": {**state, "history": history}, "pictures": {}}
