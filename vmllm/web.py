@@ -53,6 +53,9 @@ def read_upload(path, max_side: int = MAX_SIDE, # px, on the longer side
     name = name or Path(path).name
     try: im = open_rgb(str(path))
     except ImageError as e:
+        if isinstance(e.__cause__, Image.DecompressionBombError):
+            return None, (f"`{name}` is too large to open (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels): upload a smaller image; "
+                          f"the model is shown at most {max_side} px a side anyway.")
         why = type(e.__cause__ or e).__name__
         return None, f"`{name}` is not an image this page can read ({why}): upload a PNG, JPEG or WebP file."
     if max(im.size) <= max_side: return im, None
@@ -93,8 +96,8 @@ def respond(model, processor, question: str, upload, # the image: gradio's file 
             max_side: int = MAX_SIDE, workdir=None): # where the pictures are drawn; None: no pictures
     "One press of Send: yield `dict(history=, state=)` as the answer grows; `pictures=` ({} to clear) when they change."
     path, name = _upload_path(upload)
-    state = state or new_state()
-    if _file_key(path) != state["image"]: state = {**new_state(), "image": _file_key(path)}
+    state, key = state or new_state(), _file_key(path)
+    if key != state["image"]: state = {**new_state(), "image": key}
     history, question = list(state["history"]), (question or "").strip()
     def say(text):  # a note instead of an answer: the model is not asked
         shown = history + ([{"role": "user", "content": question}] if question else []) + [_note(text)]
