@@ -10,6 +10,7 @@ from fastcore.script import Param, call_parse
 from PIL import Image
 from .chat import Chat, ContextFull, explain_prediction
 from .core import UserError, user_errors
+from .infer import trained_template
 from .processor import ImageError, open_rgb
 
 # %% auto #0
@@ -68,9 +69,9 @@ def read_upload(path, max_side: int = MAX_SIDE, # px, on the longer side
 _log = logging.getLogger("vmllm.web")
 
 def model_line(model, processor, name: str, template: str | None = None, max_side: int = MAX_SIDE) -> str:
-    "The page's first line: which model answers, through which connector and template, and the size limit."
+    "The page's first line: which model answers, through which connector and template (the one `Chat` uses), and the size limit."
     return (f"**model** `{name}` · **connector** `{model.config.mm_projector_type}` · "
-            f"**template** `{template or processor.template}` · images over {max_side} px a side are downscaled")
+            f"**template** `{trained_template(processor, template)}` · images over {max_side} px a side are downscaled")
 
 def new_state() -> dict:
     "A conversation not yet started: the model's turns, the image's fingerprint and what the chat shows."
