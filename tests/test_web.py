@@ -96,3 +96,10 @@ def test_pictures_cleared_as_a_new_answer_starts(server):
     assert first[1] is None and first[2] is None                       # the last answer's pictures go at once
     assert all(l == g == {"__type__": "update"} for _, l, g, _ in streamed)  # left alone while the reply streams
     assert last[1].endswith(".png") and last[2].endswith(".png")       # this answer's own, sharp (not webp)
+
+@pytest.mark.parametrize("option, said", [(["--conv_mode", "chatml"], "unknown --conv_mode 'chatml': use one of"),
+                                          (["--max_image_side", "0"], "--max_image_side must be a positive number of pixels")])
+def test_bad_option_is_a_clear_error(tmp_path, option, said):
+    r = subprocess.run([sys.executable, "-m", "vmllm.web", "--model", str(tmp_path), *option], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("vmllm_web: ") and said in r.stderr, r.stderr

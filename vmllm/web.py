@@ -10,6 +10,7 @@ from fastcore.script import Param, call_parse
 from PIL import Image
 from .chat import Chat, ContextFull, explain_prediction
 from .core import UserError, user_errors
+from .data import TEMPLATES
 from .infer import trained_template
 from .processor import ImageError, open_rgb
 
@@ -182,6 +183,8 @@ def vmllm_web(model: Param("checkpoint directory: vmllm or released (LLaVA) layo
         try: import gradio  # noqa: F401
         except ImportError: raise UserError("vmllm_web needs gradio: pip install 'vmllm[demo]'") from None
         if max_image_side < 1: raise UserError(f"--max_image_side must be a positive number of pixels, not {max_image_side}")
+        if conv_mode is not None and conv_mode not in TEMPLATES:  # said now, not at every question
+            raise UserError(f"unknown --conv_mode {conv_mode!r}: use one of {', '.join(TEMPLATES)}")
         from vmllm.zoo import load_any
         m, p = load_any(model, vision_tower)
         print(f"vmllm_web: http://{host}:{port}", flush=True)
