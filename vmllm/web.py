@@ -4,22 +4,26 @@
 
 # %% ../nbs/17_web.ipynb #c003
 from __future__ import annotations
-import hashlib, queue, tempfile, threading, uuid
+import hashlib, logging, queue, tempfile, threading, uuid
 from pathlib import Path
 from fastcore.script import Param, call_parse
 from PIL import Image
-from .chat import Chat, explain_prediction
+from .chat import Chat, ContextFull, explain_prediction
 from .core import UserError, user_errors
+from .data import TEMPLATES
+from .infer import trained_template
+from .processor import ImageError, open_rgb
 
 # %% auto #0
-__all__ = ['answer_stream', 'build_app', 'vmllm_web']
+__all__ = ['MAX_SIDE', 'answer_stream', 'read_upload', 'model_line', 'new_state', 'respond', 'build_app', 'vmllm_web']
 
 # %% ../nbs/17_web.ipynb #c006
 def answer_stream(model, processor, question: str, image=None, # a PIL image or path, or None
                   turns=(), # the conversation so far, as the last dict gave it
                   template: str | None = None, # default: the processor's template
                   max_new_tokens: int = 256, temperature: float = 0.2,
-                  explain_dir=None): # where to draw layers.png/gates.png for this answer (vmllm connector and an image)
+                  explain_dir=None, # where to draw layers.png/gates.png for this answer (vmllm connector and an image)
+                  narrow: bool = False): # pictures laid out for a narrow panel (`explain_prediction`)
     "Yield the reply as it grows, then `dict(reply=, turns=, pictures=)`."
     chat = Chat(model, processor, template,
                 [image] if image is not None else [], max_new_tokens, temperature)
@@ -38,51 +42,130 @@ def answer_stream(model, processor, question: str, image=None, # a PIL image or 
         yield text
     pictures = []
     if explain_dir is not None and image is not None and model.config.mm_projector_type == "vmllm":
-        pictures = explain_prediction(model, processor, image, question, explain_dir, turns=chat.read_turns)
+        pictures = explain_prediction(model, processor, image, question, explain_dir, turns=chat.read_turns,
+                                      narrow=narrow)
     yield dict(reply=value, turns=chat.turns, pictures=pictures)
 
-# %% ../nbs/17_web.ipynb #c010
-def _image_key(image) -> str | None:
-    "A fingerprint of an uploaded image: a new one starts a new conversation."
-    return None if image is None else hashlib.sha1(image.tobytes() + str(image.size).encode()).hexdigest()
+# %% ../nbs/17_web.ipynb #u002
+MAX_SIDE = 2048  # px: an upload longer than this on a side is downscaled to it
 
-def build_app(model, processor, template: str | None = None, max_new_tokens: int = 256, temperature: float = 0.2):
+def read_upload(path, max_side: int = MAX_SIDE, # px, on the longer side
+                name: str | None = None) -> tuple: # the name the user gave the file; default: the file's own
+    "(the upload as an RGB image at most `max_side` px a side, or None; a note for the chat about it, or None)."
+    name = name or Path(path).name
+    try: im = open_rgb(str(path))
+    except ImageError as e:
+        if isinstance(e.__cause__, Image.DecompressionBombError):
+            return None, (f"`{name}` is too large to open (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels): upload a smaller image; "
+                          f"the model is shown at most {max_side} px a side anyway.")
+        why = type(e.__cause__ or e).__name__
+        return None, f"`{name}` is not an image this page can read ({why}): upload a PNG, JPEG or WebP file."
+    if max(im.size) <= max_side: return im, None
+    size = im.size
+    im.thumbnail((max_side, max_side), Image.LANCZOS)
+    return im, (f"`{name}` is {size[0]}×{size[1]} px, over the limit of {max_side} px a side: "
+                f"downscaled to {im.size[0]}×{im.size[1]} px.")
+
+# %% ../nbs/17_web.ipynb #c010
+_log = logging.getLogger("vmllm.web")
+
+def model_line(model, processor, name: str, template: str | None = None, max_side: int = MAX_SIDE) -> str:
+    "The page's first line: which model answers, through which connector and template (the one `Chat` uses), and the size limit."
+    return (f"**model** `{name}` · **connector** `{model.config.mm_projector_type}` · "
+            f"**template** `{trained_template(processor, template)}` · images over {max_side} px a side are downscaled")
+
+def new_state() -> dict:
+    "A conversation not yet started: the model's turns, the image's fingerprint and what the chat shows."
+    return {"turns": [], "image": None, "history": []}
+
+def _note(text: str) -> dict:
+    "A message from the page itself (not the model) in the chat."
+    return {"role": "assistant", "content": f"⚠ {text}"}
+
+def _upload_path(upload) -> tuple:
+    "(path, name the user gave it) of an upload: gradio's file dict, a path, or None."
+    if upload is None: return None, None
+    if isinstance(upload, dict): return upload.get("path"), upload.get("orig_name")
+    return str(upload), None
+
+def _file_key(path) -> str | None:
+    "A fingerprint of an uploaded file: a new one starts a new conversation."
+    return None if path is None else hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+def respond(model, processor, question: str, upload, # the image: gradio's file dict, a path, or None
+            state: dict | None = None, # `new_state()` or what the last event gave
+            temperature: float = 0.2, template: str | None = None, max_new_tokens: int = 256,
+            max_side: int = MAX_SIDE, workdir=None): # where the pictures are drawn; None: no pictures
+    "One press of Send: yield `dict(history=, state=)` as the answer grows; `pictures=` ({} to clear) when they change."
+    path, name = _upload_path(upload)
+    state, key = state or new_state(), _file_key(path)
+    if key != state["image"]: state = {**new_state(), "image": key}
+    history, question = list(state["history"]), (question or "").strip()
+    def say(text):  # a note instead of an answer: the model is not asked
+        shown = history + ([{"role": "user", "content": question}] if question else []) + [_note(text)]
+        return {"history": shown, "state": {**state, "history": shown}, "pictures": {}}
+    if not question: yield say("Type a question first, then press Enter or Send."); return
+    if path is None: yield say("No image yet: upload one (the box on the left), then ask again."); return
+    image, note = read_upload(path, max_side, name)
+    if image is None: yield say(note); return
+    history.append({"role": "user", "content": question})
+    if note and not state["turns"]: history.append(_note(note))  # said once, with the first question
+    history.append({"role": "assistant", "content": ""})
+    yield {"history": history, "state": {**state, "history": history}, "pictures": {}}  # the last answer's pictures go
+    try:
+        for ev in answer_stream(model, processor, question, image, state["turns"], template, max_new_tokens, float(temperature),
+                                None if workdir is None else Path(workdir) / uuid.uuid4().hex, narrow=True):
+            if isinstance(ev, str):
+                history[-1] = {"role": "assistant", "content": ev}
+                yield {"history": history, "state": {**state, "history": history}}
+            else:
+                history[-1] = {"role": "assistant", "content": ev["reply"]}
+                pictures = {p.stem: Image.open(p).copy() for p in ev["pictures"]}
+                yield {"history": history, "state": {**state, "turns": ev["turns"], "history": history}, "pictures": pictures}
+    except Exception as e:
+        _log.exception("the model could not answer %r", question)  # the traceback, for the server's log
+        again = " (press New chat to start again)" if isinstance(e, ContextFull) else ""
+        history[-1] = _note(f"the model could not answer: {type(e).__name__}: {e}{again}")
+        yield {"history": history, "state": {**state, "history": history}, "pictures": {}}
+
+def build_app(model, processor, template: str | None = None, max_new_tokens: int = 256, temperature: float = 0.2,
+              name: str | None = None, # the model's name on the page; default: its folder's
+              max_side: int = MAX_SIDE): # px: larger uploads are downscaled to this
     "A `gradio.Blocks` page to chat with `model` about an uploaded image."
     import gradio as gr
     workdir = Path(tempfile.mkdtemp(prefix="vmllm_web_"))
-    def ask(question, image, history, state, temp):
-        state = state or {"turns": [], "image": None}
-        history = list(history or [])
-        if _image_key(image) != state["image"]: state, history = {"turns": [], "image": _image_key(image)}, []
-        if not (question or "").strip(): yield history, state, None, None, ""; return
-        history += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        for ev in answer_stream(model, processor, question, image, state["turns"], template, max_new_tokens, float(temp),
-                                workdir / uuid.uuid4().hex):
-            if isinstance(ev, str):
-                history[-1] = {"role": "assistant", "content": ev}
-                yield history, state, gr.skip(), gr.skip(), ""
-            else:
-                history[-1] = {"role": "assistant", "content": ev["reply"]}
-                pics = {p.stem: Image.open(p).copy() for p in ev["pictures"]}
-                yield history, {**state, "turns": ev["turns"]}, pics.get("layers"), pics.get("gates"), ""
+    name = name or Path(getattr(model.config, "_name_or_path", "") or "unnamed").name
+    def ask(question, upload, state, temp):
+        for ev in respond(model, processor, question, upload, state, temp, template, max_new_tokens, max_side, workdir):
+            pictures = ev.get("pictures")
+            shown = [gr.skip(), gr.skip()] if pictures is None else [pictures.get("layers"), pictures.get("gates")]
+            yield ev["history"], ev["state"], *shown, ""
     with gr.Blocks(title="vmllm") as app:
         gr.Markdown("## vmllm: chat about an image")
+        gr.Markdown(model_line(model, processor, name, template, max_side), elem_id="model-info")
         state = gr.State(None)
         with gr.Row():
-            image = gr.Image(type="pil", label="image", height=320)
-            chatbot = gr.Chatbot(label="conversation", height=320)
+            image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="image", height=360, elem_id="image")
+            chatbot = gr.Chatbot(label="conversation", height=360, elem_id="conversation")
         with gr.Row():
-            question = gr.Textbox(label="question", placeholder="Ask about the image, then press Enter", scale=4)
+            question = gr.Textbox(label="question", placeholder="Ask about the image, then press Enter", scale=4,
+                                  elem_id="question")
             temp = gr.Slider(0, 1, value=temperature, step=0.05, label="temperature (0: greedy)", scale=1)
         with gr.Row():
-            send, clear = gr.Button("Send", variant="primary"), gr.Button("New chat")
+            send, clear = gr.Button("Send", variant="primary", elem_id="send"), gr.Button("New chat")
         with gr.Row():
-            layers = gr.Image(type="pil", label="which layers each image token drew on", interactive=False)
-            gates = gr.Image(type="pil", label="where each gate looked", interactive=False)
+            # unlabelled: each picture's own title says what it shows (a label would cover it)
+            layers = gr.Image(type="pil", label="which layers each image token drew on", show_label=False, interactive=False,
+                              format="png", elem_id="layers")
+            gates = gr.Image(type="pil", label="where each gate looked", show_label=False, interactive=False,
+                             format="png", elem_id="gates")
         outs = [chatbot, state, layers, gates, question]
-        send.click(ask, [question, image, chatbot, state, temp], outs, api_name="ask")
-        question.submit(ask, [question, image, chatbot, state, temp], outs, api_visibility="private")
-        clear.click(lambda: ([], None, None, None, ""), None, outs, api_name="new_chat")
+        # the upload is read by `respond` (preprocess=False): a file that is not an image gets a note, not an error page
+        send.click(ask, [question, image, state, temp], outs, api_name="ask", preprocess=False)
+        question.submit(ask, [question, image, state, temp], outs, api_visibility="private", preprocess=False)
+        restart = lambda: ([], None, None, None, "")
+        clear.click(restart, None, outs, api_name="new_chat")
+        chatbot.clear(restart, None, outs, api_visibility="private")
     return app
 
 # %% ../nbs/17_web.ipynb #c014
@@ -93,12 +176,17 @@ def vmllm_web(model: Param("checkpoint directory: vmllm or released (LLaVA) layo
               port: int = 7860,
               host: str = "127.0.0.1", # 0.0.0.0 makes the page reachable from other machines
               max_new_tokens: int = 256, temperature: float = 0.2,
+              max_image_side: int = MAX_SIDE, # px: larger uploads are downscaled to this, saying so in the chat
               debug: bool = False): # show the full traceback of an error
     "Serve a web page to chat with a vmllm model about an image."
     with user_errors("vmllm_web", debug):  # a user error (no gradio, a bad model, a busy port): one line, exit code 2
         try: import gradio  # noqa: F401
         except ImportError: raise UserError("vmllm_web needs gradio: pip install 'vmllm[demo]'") from None
+        if max_image_side < 1: raise UserError(f"--max_image_side must be a positive number of pixels, not {max_image_side}")
+        if conv_mode is not None and conv_mode not in TEMPLATES:  # said now, not at every question
+            raise UserError(f"unknown --conv_mode {conv_mode!r}: use one of {', '.join(TEMPLATES)}")
         from vmllm.zoo import load_any
         m, p = load_any(model, vision_tower)
         print(f"vmllm_web: http://{host}:{port}", flush=True)
-        build_app(m, p, conv_mode, max_new_tokens, temperature).queue().launch(server_name=host, server_port=port)
+        build_app(m, p, conv_mode, max_new_tokens, temperature, Path(model).resolve().name, max_image_side).queue().launch(
+            server_name=host, server_port=port)
