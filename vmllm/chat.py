@@ -133,11 +133,13 @@ def explain_prediction(model, processor, image, prompt: str | None, out_dir, pre
                        turns: list | None = None, # the conversation the model read, if not one question
                        narrow: bool = False) -> list[Path]: # laid out for a panel about 550 px wide (the web page's)
     "Save layers.png (layer attention per image token) and gates.png (gate maps on the patch grid) for `prompt` (or `turns`)."
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     im, det = connector_details(model, processor, image, prompt, turns)
     if turns is not None: prompt = _latest_question(turns)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     halves = [k for k in ("low_layer_weights", "high_layer_weights") if k in det]
     if halves:
@@ -157,7 +159,9 @@ def _panels(plt, n: int, columns: int, width: float, height: float) -> tuple:
 def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Path, has_cls: bool, narrow: bool = False) -> Path:
     "One panel per half: the weight each image token (column) gives each hidden state (row, its integer index); one a row if `narrow`."
     fig, first_ax, axs = _panels(plt, len(halves), 1, 2.8, 2.4) if narrow else _panels(plt, len(halves), len(halves), 4.2, 3.1)
-    first_ax.imshow(im); first_ax.set_title("image"); first_ax.axis("off")
+    first_ax.imshow(im)
+    first_ax.set_title("image")
+    first_ax.axis("off")
     first = 0
     for ax, k in zip(axs, halves):
         w = det[k][0].float().cpu()                                    # [T, K]
@@ -169,21 +173,26 @@ def _plot_layer_weights(plt, im, det: dict, halves: list, prompt: str, path: Pat
         first += w.shape[1]
     fig.colorbar(shown, ax=axs, label="layer-attention weight")
     fig.suptitle(f"which layers each token drew on - {prompt[:60]!r}", fontsize=9)
-    fig.savefig(path, dpi=100); plt.close(fig)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
 
 def _plot_gates(plt, im, det: dict, gates: list, prompt: str, path: Path, narrow: bool = False) -> Path:
     "Each gate's value per patch, laid over the image (0: the gate shut that token's copy, 1: let it through); two a row if `narrow`."
     fig, first_ax, axs = _panels(plt, len(gates), 2, 1.8, 1.8) if narrow else _panels(plt, len(gates), len(gates), 2.4, 2.4)
-    first_ax.imshow(im); first_ax.set_title("image", fontsize=8); first_ax.axis("off")
+    first_ax.imshow(im)
+    first_ax.set_title("image", fontsize=8)
+    first_ax.axis("off")
     for ax, k in zip(axs, gates):
         ax.imshow(im)
         shown = ax.imshow(gate_grid(det[k][0].cpu()), vmin=0, vmax=1, cmap="viridis", alpha=0.6,
                           extent=[0, im.width, im.height, 0], interpolation="nearest")
-        ax.set_title(k.replace("_", " "), fontsize=8); ax.axis("off")
+        ax.set_title(k.replace("_", " "), fontsize=8)
+        ax.axis("off")
     fig.colorbar(shown, ax=axs, label="gate value", shrink=0.8)
     fig.suptitle(f"where each gate looked - {prompt[:60]!r}", fontsize=9)
-    fig.savefig(path, dpi=100); plt.close(fig)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
 
 # %% ../nbs/14_chat.ipynb #c014
@@ -209,11 +218,18 @@ def vmllm_chat(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
         try: question = input("USER: " if interactive else "")
         except EOFError: break
         if not question.strip(): break
-        if question.strip() == "/reset": chat.reset(); print("[conversation reset]"); continue
+        if question.strip() == "/reset":
+            chat.reset()
+            print("[conversation reset]")
+            continue
         print("ASSISTANT: ", end="", flush=True)
         try: chat.ask(question, stream=True)
-        except ContextFull as e: print(f"\n[{e}: type /reset to start a new conversation about the same image]"); continue
-        except ValueError as e: print(f"\n[{e}]"); continue
+        except ContextFull as e:
+            print(f"\n[{e}: type /reset to start a new conversation about the same image]")
+            continue
+        except ValueError as e:
+            print(f"\n[{e}]")
+            continue
         print(flush=True)
         answered += 1
         if explain and image:

@@ -104,10 +104,16 @@ def respond(model, processor, question: str, upload, # the image: gradio's file 
     def say(text):  # a note instead of an answer: the model is not asked
         shown = history + ([{"role": "user", "content": question}] if question else []) + [_note(text)]
         return {"history": shown, "state": {**state, "history": shown}, "pictures": {}}
-    if not question: yield say("Type a question first, then press Enter or Send."); return
-    if path is None: yield say("No image yet: upload one (the box on the left), then ask again."); return
+    if not question:
+        yield say("Type a question first, then press Enter or Send.")
+        return
+    if path is None:
+        yield say("No image yet: upload one (the box on the left), then ask again.")
+        return
     image, note = read_upload(path, max_side, name)
-    if image is None: yield say(note); return
+    if image is None:
+        yield say(note)
+        return
     history.append({"role": "user", "content": question})
     if note and not state["turns"]: history.append(_note(note))  # said once, with the first question
     history.append({"role": "assistant", "content": ""})
