@@ -6,7 +6,7 @@
 from __future__ import annotations
 import hashlib, json, os, pickle, random, shutil, signal
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 import torch
 from accelerate import Accelerator
@@ -300,7 +300,8 @@ def fresh_state(cfg: StageConfig) -> dict:
 def _refuse_other_settings(ckpt: Path, cfg: StageConfig, fresh: dict):
     "Stop if `ckpt` was written with other settings or data than `cfg` (those in `SAFE_TO_CHANGE` may differ)."
     saved = json.loads((ckpt / STATE_FILE).read_text())
-    changed = changed_settings(saved["config"], fresh["config"])
+    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}  # options newer than the checkpoint
+    changed = changed_settings({**defaults, **saved["config"]}, fresh["config"])
     if saved.get("data") not in (None, fresh["data"]): changed.append(f"data: {cfg.data} is not the file the run started with")
     if changed: raise ValueError(f"cannot resume from {ckpt}: the run was started with other settings ({'; '.join(changed)}). "
                                  f"Resume with the original ones, or start a new output directory. Safe to change: {', '.join(SAFE_TO_CHANGE)}")

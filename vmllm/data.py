@@ -402,6 +402,26 @@ class ModalityLengthSampler(Sampler):
     def __iter__(self): return iter(self.batches())
     def __len__(self): return len(self.batches())
 
+# %% ../nbs/07_data.ipynb #tl000002
+@patch
+def token_lengths(self: LlavaDataset) -> list[int]:
+    "Exact length of every sample in LLM tokens (image slots included): positive with images, negative without; 1 for a bad row."
+    out = []
+    for i in range(len(self)):
+        r, reply = self.sample_row(i)
+        try:
+            row = self.row(r)
+            with_images = bool(image_names(row))
+            turns = self.turns(r, row, len(image_names(row)))
+            if reply is not None: turns = turns[:2 * reply + 2]
+            ids, _, _ = encode_conversation(turns, self.processor, self.template, self.max_length, reply is not None)
+        except ValueError:  # a bad row (BadRow is one): named when training visits it
+            out.append(1)
+            continue
+        slots = sum(t.count(IMAGE_TOKEN) for _, t in turns) * (self.processor.tokens_per_image - 1)
+        out.append(len(ids) + slots if with_images else -len(ids))
+    return out
+
 # %% ../nbs/07_data.ipynb #c024
 def _skip(ds: LlavaDataset, i: int, e: BadRow):
     "Note a bad row met by pre-flight as training would: logged once, kept in `bad_rows`."

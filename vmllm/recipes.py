@@ -133,7 +133,7 @@ class RecipeOptions:
 SECTIONS = {"model": ModelOptions, "toy_data": ToyDataOptions, "stage0": PretrainOptions, "stage0_llm": PretrainOptions,
             "stage1": StageOptions, "stage2": StageOptions, "heldout": HeldoutOptions}
 CHOICES = {"mm_projector_type": CONNECTORS, "prompt_rule": PROMPT_RULES, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
-           "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16")}
+           "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16"), "length_grouping": ("words", "tokens")}
 SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2)}  # toy_data.categories: `check_categories`
 AT_LEAST_1 = ("batch_size", "global_batch", "grad_accum", "max_length", "threads", "steps", "n_stage1", "n_stage2", "n_heldout",
               "image_size", "patch_size", "encoder_layers", "encoder_width", "llm_width", "llm_layers")

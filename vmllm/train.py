@@ -21,13 +21,13 @@ from .encoder import text_input_rule
 from .processor import chat_template_for
 from .data import Collator, LlavaDataset, ModalityLengthSampler, preflight
 from .backends import backend_of, configure_deepspeed, full_state_dict, zero3_off
-from .checkpoints import _kill_point, atomic_dir, fresh_state, resume_state, save_checkpoint
+from .checkpoints import _kill_point, atomic_dir, data_fingerprint, fresh_state, resume_state, save_checkpoint
 
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'lora_targets', 'lora_config',
            'merge_lora_state', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'predicting_positions',
-           'loss_sum_on_labels', 'adamw_options', 'prepare_for_stage', 'placeholder_batch', 'forward_sum',
-           'optimizer_step', 'record_step', 'plot_history', 'save_final', 'train_stage', 'caption_pairs',
+           'loss_sum_on_labels', 'adamw_options', 'sample_lengths', 'prepare_for_stage', 'placeholder_batch',
+           'forward_sum', 'optimizer_step', 'record_step', 'plot_history', 'save_final', 'train_stage', 'caption_pairs',
            'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
@@ -57,10 +57,13 @@ class StageConfig:
     seed: int = 0
     strict: bool = False # a bad row stops the run instead of being skipped
     preflight_rows: int = 16
+    length_grouping: str = "words" # or "tokens": batches grouped by exact token counts (computed once, kept in lengths.json)
 
     def __post_init__(self):
         if self.stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, not {self.stage}")
         if self.lora_r and self.stage != 2: raise ValueError("LoRA (lora_r > 0) is for stage 2, where the LLM trains")
+        if self.length_grouping not in ("words", "tokens"):
+            raise ValueError(f"length_grouping must be 'words' or 'tokens', not {self.length_grouping!r}")
 
 # %% ../nbs/10_train.ipynb #c008
 def set_trainable(model, stage: int):
@@ -163,6 +166,20 @@ def _local_batches(sampler, epoch: int, world: int, rank: int) -> list[list[int]
 
 def _to(batch: dict, device) -> dict:
     return {k: batch[k].to(device) for k in MODEL_KEYS if k in batch}
+
+# %% ../nbs/10_train.ipynb #sl000002
+def sample_lengths(ds: LlavaDataset, cfg: StageConfig, out: Path, acc: Accelerator) -> list[int]:
+    "The lengths the sampler groups by: word estimates, or exact token counts computed once and kept in `out/lengths.json`."
+    if cfg.length_grouping == "words": return ds.modality_lengths()
+    key = dict(data=data_fingerprint(cfg.data), template=cfg.template, max_length=cfg.max_length, per_reply=ds.per_reply,
+               vocabulary=len(ds.processor.tokenizer), tokens_per_image=ds.processor.tokens_per_image)
+    kept = out / "lengths.json"
+    try: saved = json.loads(kept.read_text())
+    except (OSError, ValueError): saved = {}
+    if isinstance(saved, dict) and saved.get("key") == key and len(saved.get("lengths", [])) == len(ds): return saved["lengths"]
+    lengths = ds.token_lengths()
+    if acc.is_main_process: write_text_atomic(kept, json.dumps(dict(key=key, lengths=lengths)))
+    return lengths
 
 # %% ../nbs/10_train.ipynb #77c0851c
 def prepare_for_stage(model, cfg: StageConfig) -> list:
@@ -292,7 +309,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     params = prepare_for_stage(model, cfg)
     world, rank = acc.num_processes, acc.process_index
     configure_deepspeed(acc, cfg)
-    sampler = ModalityLengthSampler(ds.modality_lengths(), cfg.batch_size * world, seed=cfg.seed)
+    sampler = ModalityLengthSampler(sample_lengths(ds, cfg, out, acc), cfg.batch_size * world, seed=cfg.seed)
     steps_per_epoch = len(_local_batches(sampler, 0, world, rank)) // cfg.grad_accum
     if steps_per_epoch == 0: raise ValueError(f"{cfg.data}: too few rows for one step of {cfg.batch_size * world * cfg.grad_accum}")
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
