@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.basics import patch
+import torch
 from torch.utils.data import Dataset, Sampler
 from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, progress as progress_bar
 from .processor import ImageError, VmllmProcessor, images_to_front, open_rgb, pad_rows
@@ -18,8 +19,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation', 'BadRow', 'NoLabels', 'BadRows',
-           'json_kind', 'row_place', 'image_names', 'image_path', 'LlavaDataset', 'Collator', 'ModalityLengthSampler',
-           'preflight']
+           'json_kind', 'row_place', 'image_names', 'image_path', 'LlavaDataset', 'pack_rows', 'Collator',
+           'ModalityLengthSampler', 'preflight']
 
 # %% ../nbs/07_data.ipynb #c006
 def _render_plain(turns, tok, open_end):
@@ -357,18 +358,27 @@ class LlavaDataset(Dataset):
         return out if self.samples is None else [out[r] for r, _ in self.samples]
 
 # %% ../nbs/07_data.ipynb #c019
+def pack_rows(ids: list, labels: list) -> dict:
+    "Samples back to back in one row, `[1, L]`: no attention mask, positions restarting at 0 where each sample starts."
+    return dict(input_ids=torch.tensor([t for row in ids for t in row])[None],
+                labels=torch.tensor([t for row in labels for t in row])[None],
+                position_ids=torch.cat([torch.arange(len(row)) for row in ids])[None])
+
 @dataclass
 class Collator:
-    "Pad a list of examples into a model batch; `None` examples (bad rows) are dropped and counted."
+    "Pad a list of examples into a model batch (or pack them into one row); `None` examples (bad rows) are dropped and counted."
     processor: VmllmProcessor
+    pack: bool = False # one row, the samples back to back: no padding, positions restarting at 0 for each sample
     def __call__(self, examples: list) -> dict:
         good = [e for e in examples if e is not None]
         batch = {"skipped": len(examples) - len(good), "ids": [e["id"] for e in good], "indices": [e["index"] for e in good],
                  "shortened": sum(e["turns_dropped"] > 0 for e in good)}
         if not good: return batch
         p = self.processor
-        batch.update(pad_rows([e["input_ids"] for e in good], p.tokenizer.pad_token_id))
-        batch["labels"] = pad_rows([e["labels"] for e in good], IGNORE_INDEX)["input_ids"]
+        if self.pack: batch.update(pack_rows([e["input_ids"] for e in good], [e["labels"] for e in good]))
+        else:
+            batch.update(pad_rows([e["input_ids"] for e in good], p.tokenizer.pad_token_id))
+            batch["labels"] = pad_rows([e["labels"] for e in good], IGNORE_INDEX)["input_ids"]
         images = [im for e in good for im in e["images"]]
         if images: batch["pixel_values"] = p.pixel_values(images)
         batch.update(p.prompt_inputs([e["prompt"] for e in good]))

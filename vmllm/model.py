@@ -24,8 +24,9 @@ from .processor import VmllmProcessor
 
 # %% auto #0
 __all__ = ['FLOAT_DTYPES', 'CHECKPOINT_FILES', 'VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for',
-           'check_llm_source', 'from_local_dirs', 'expand_image_tokens', 'left_aligned', 'refuse_bad_tensors',
-           'refuse_non_finite', 'stored_dtypes', 'VmllmBackbone', 'diff_state_dicts', 'load_pretrained']
+           'check_llm_source', 'from_local_dirs', 'expand_image_tokens', 'packed_samples', 'left_aligned',
+           'refuse_bad_tensors', 'refuse_non_finite', 'stored_dtypes', 'VmllmBackbone', 'diff_state_dicts',
+           'load_pretrained']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -234,11 +235,25 @@ def image_features(self: VmllmForCausalLM, pixel_values: Tensor, # [n_images, 3,
                             image_to_prompt)
     return self.mm_projector(enc, self.vision_tower, return_details=return_details)
 
+def packed_samples(position_ids: Tensor | None, attention_mask: Tensor | None) -> Tensor | None:
+    """Each token's sample, `[1, L]`, when one row holds several samples back to back: no attention mask, and positions
+    that restart at 0 for each sample (as transformers' `DataCollatorWithFlattening` makes them); else None."""
+    if position_ids is None or attention_mask is not None or position_ids.shape[0] != 1: return None
+    starts = position_ids[0] == 0
+    if int(starts.sum()) < 2: return None
+    return (torch.cumsum(starts.long(), 0) - 1)[None]
+
 @patch
-def _image_to_prompt(self: VmllmForCausalLM, input_ids: Tensor, n_images: int) -> Tensor:
+def _image_to_prompt(self: VmllmForCausalLM, input_ids: Tensor, n_images: int,
+                     samples: Tensor | None = None) -> Tensor: # each token's sample in a packed row (`packed_samples`)
     "Index of the sample each image belongs to, checking slots against images."
-    counts = (input_ids == self.config.image_token_index).sum(1)         # [B]
     n = self.tokens_per_image
+    if samples is not None:  # a packed row: an image belongs to the sample its slots are in
+        slot_samples = samples[input_ids == self.config.image_token_index]
+        if len(slot_samples) != n * n_images:
+            raise ValueError(f"{n_images} images but {len(slot_samples)} image slots in the packed row ({n} per image)")
+        return slot_samples[::n]
+    counts = (input_ids == self.config.image_token_index).sum(1)         # [B]
     if (counts % n).any():
         bad = int(torch.nonzero(counts % n)[0])
         raise ValueError(f"sample {bad} has {int(counts[bad])} image tokens, not a multiple of the {n} tokens per image")
@@ -249,11 +264,11 @@ def _image_to_prompt(self: VmllmForCausalLM, input_ids: Tensor, n_images: int) -
 
 @patch
 def embed(self: VmllmForCausalLM, input_ids: Tensor, pixel_values: Tensor | None = None, prompt_input_ids=None,
-          prompt_attention_mask=None) -> Tensor:
+          prompt_attention_mask=None, samples: Tensor | None = None) -> Tensor: # a packed row's samples (`packed_samples`)
     "Input embeddings with image features in the image slots."
     embeds = self.get_input_embeddings()(input_ids)                       # [B, L, D]
     n_images = 0 if pixel_values is None else pixel_values.shape[0]
-    image_to_prompt = self._image_to_prompt(input_ids, n_images)
+    image_to_prompt = self._image_to_prompt(input_ids, n_images, samples)
     if n_images == 0: return embeds
     feats = self.image_features(pixel_values, prompt_input_ids, prompt_attention_mask, image_to_prompt)
     slots = (input_ids == self.config.image_token_index)[..., None]    # [B, L, 1]
@@ -271,8 +286,11 @@ def forward(self: VmllmForCausalLM, input_ids: Tensor | None = None, pixel_value
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         (input_ids, attention_mask, labels), expanded = self._maybe_expand(input_ids, attention_mask, labels, n_images)
         if expanded: position_ids = None
-        inputs_embeds = self.embed(input_ids, pixel_values, prompt_input_ids, prompt_attention_mask)
+        samples = packed_samples(position_ids, attention_mask)
+        inputs_embeds = self.embed(input_ids, pixel_values, prompt_input_ids, prompt_attention_mask, samples)
         if labels is not None: labels = labels.masked_fill(input_ids == self.config.image_token_index, IGNORE_INDEX)
+    if packed_samples(position_ids, attention_mask) is not None:
+        kwargs["use_cache"] = False  # transformers confines attention to each sample from the positions only without a cache
     return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                                labels=labels, logits_to_keep=logits_to_keep, **kwargs)
 

@@ -58,6 +58,7 @@ class StageConfig:
     strict: bool = False # a bad row stops the run instead of being skipped
     preflight_rows: int = 16
     length_grouping: str = "words" # or "tokens": batches grouped by exact token counts (computed once, kept in lengths.json)
+    packing: bool = False # each micro-batch packed into one row without padding (pays with FlashAttention on a GPU)
 
     def __post_init__(self):
         if self.stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, not {self.stage}")
@@ -134,7 +135,7 @@ def n_targets(batch: dict) -> int:
     if "labels" not in batch or batch.get("placeholder"): return 0
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
-MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "prompt_input_ids", "prompt_attention_mask")
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "prompt_input_ids", "prompt_attention_mask")
 
 class NonFiniteLoss(RuntimeError):
     "The loss or the gradient became NaN/inf; the message names the step and the samples."
@@ -319,7 +320,7 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP puts sharded parameters in place of the originals
     state = resume_state(acc, out, cfg, model, opt, sched) if resume else fresh_state(cfg)
     connector_params = [p for p in acc.unwrap_model(model).mm_projector.parameters() if p.requires_grad]
-    collate = Collator(processor)
+    collate = Collator(processor, pack=cfg.packing)
     bar = progress_bar(total=total, initial=state["step"], disable=not (progress and acc.is_main_process), desc=f"stage {cfg.stage}")
     t0, samples0 = time.perf_counter(), state["samples"]
     while state["step"] < total:
