@@ -295,17 +295,25 @@ class LlavaDataset(Dataset):
         except ImageError as e: raise BadRow(f"{self.where(i, row)}: {e}") from e
         return pad_to_square(im, self.processor.image_mean_colour) if self.pad_square else im
 
+    def sample_turns(self, r: int, row: dict, reply: int | None, n_images: int) -> tuple[list, list]:
+        "(turns, raw turns) a sample reads: the whole row, or the conversation up to `reply`, which alone is learnt."
+        turns, raw = self.turns(r, row, n_images), self.raw_turns(r, row)
+        if reply is None: return turns, raw
+        return turns[:2 * reply + 2], raw[:2 * reply + 2]
+
+    def encode_sample(self, r: int, row: dict, reply: int | None, turns: list) -> tuple[list, list, int]:
+        "`encode_conversation` of a sample's turns as training tokenises them; raises `BadRow`."
+        try: return encode_conversation(turns, self.processor, self.template, self.max_length, reply is not None)
+        except ValueError as e: raise BadRow(f"{self.where(r, row)}: {e}") from e
+
     def example(self, i: int) -> dict:
         "Sample `i` as a training example (a row, or a row up to one of its replies); raises `BadRow`."
         r, reply = self.sample_row(i)
         row = self.row(r)
         paths = self.image_paths(r, row)
-        turns, raw = self.turns(r, row, len(paths)), self.raw_turns(r, row)
-        if reply is not None:  # the conversation up to this reply, which alone is learnt, its question in the text tower
-            turns, raw = turns[:2 * reply + 2], raw[:2 * reply + 2]
-            paths = paths[:sum(t.count(IMAGE_TOKEN) for _, t in turns)]
-        try: ids, labels, dropped = encode_conversation(turns, self.processor, self.template, self.max_length, reply is not None)
-        except ValueError as e: raise BadRow(f"{self.where(r, row)}: {e}") from e
+        turns, raw = self.sample_turns(r, row, reply, len(paths))
+        paths = paths[:sum(t.count(IMAGE_TOKEN) for _, t in turns)]  # a sample up to a reply has the images of those turns
+        ids, labels, dropped = self.encode_sample(r, row, reply, turns)
         images = [self.load_image(r, row, p) for p in paths]
         replies = [m for role, m in raw if role == "gpt"]
         learnt = replies[-1:] if reply is not None else replies[:len(replies) - dropped // 2]
@@ -421,15 +429,14 @@ def token_lengths(self: LlavaDataset) -> list[int]:
         r, reply = self.sample_row(i)
         try:
             row = self.row(r)
-            with_images = bool(image_names(row))
-            turns = self.turns(r, row, len(image_names(row)))
-            if reply is not None: turns = turns[:2 * reply + 2]
-            ids, _, _ = encode_conversation(turns, self.processor, self.template, self.max_length, reply is not None)
+            n_images = len(image_names(row))
+            turns, _ = self.sample_turns(r, row, reply, n_images)
+            ids, _, _ = self.encode_sample(r, row, reply, turns)
         except ValueError:  # a bad row (BadRow is one): named when training visits it
             out.append(1)
             continue
         slots = sum(t.count(IMAGE_TOKEN) for _, t in turns) * (self.processor.tokens_per_image - 1)
-        out.append(len(ids) + slots if with_images else -len(ids))
+        out.append(len(ids) + slots if n_images else -len(ids))
     return out
 
 # %% ../nbs/07_data.ipynb #c024

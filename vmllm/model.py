@@ -286,11 +286,11 @@ def forward(self: VmllmForCausalLM, input_ids: Tensor | None = None, pixel_value
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         (input_ids, attention_mask, labels), expanded = self._maybe_expand(input_ids, attention_mask, labels, n_images)
         if expanded: position_ids = None
-        samples = packed_samples(position_ids, attention_mask)
+    samples = packed_samples(position_ids, attention_mask)
+    if samples is not None: kwargs["use_cache"] = False  # transformers confines attention to each sample without a cache only
+    if inputs_embeds is None:
         inputs_embeds = self.embed(input_ids, pixel_values, prompt_input_ids, prompt_attention_mask, samples)
         if labels is not None: labels = labels.masked_fill(input_ids == self.config.image_token_index, IGNORE_INDEX)
-    if packed_samples(position_ids, attention_mask) is not None:
-        kwargs["use_cache"] = False  # transformers confines attention to each sample from the positions only without a cache
     return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                                labels=labels, logits_to_keep=logits_to_keep, **kwargs)
 

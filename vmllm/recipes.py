@@ -28,13 +28,13 @@ from .train import StageConfig, train_contrastive, train_language_model, train_s
 from accelerate.utils import set_seed
 
 # %% auto #0
-__all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS', 'NO_LLM',
-           'LOCK_FILE', 'RUN_SAFE_TO_CHANGE', 'STAGE_INPUTS', 'ModelOptions', 'ToyDataOptions', 'PretrainOptions',
-           'StageOptions', 'HeldoutOptions', 'RecipeOptions', 'check_range', 'check_together', 'check_section',
-           'check_recipe', 'merge', 'parse_sets', 'resolve', 'read_config_file', 'parse_stages', 'check_stage_options',
-           'stage_config', 'with_prompt_rule', 'real_model', 'output_lock', 'run_toy_model', 'check_resume_config',
-           'finished', 'stage_record', 'run', 'check_path', 'stages_to_train', 'check_stage_inputs', 'check_heldout',
-           'check_inputs', 'vmllm_train']
+__all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS',
+           'STAGE_INPUTS', 'NO_LLM', 'LOCK_FILE', 'RUN_SAFE_TO_CHANGE', 'ModelOptions', 'ToyDataOptions',
+           'PretrainOptions', 'StageOptions', 'HeldoutOptions', 'RecipeOptions', 'check_range', 'check_together',
+           'check_section', 'check_recipe', 'merge', 'parse_sets', 'resolve', 'read_config_file', 'parse_stages',
+           'check_stage_options', 'unset_input', 'stage_config', 'with_prompt_rule', 'real_model', 'output_lock',
+           'run_toy_model', 'check_resume_config', 'finished', 'stage_record', 'run', 'check_path', 'stages_to_train',
+           'check_stage_inputs', 'check_heldout', 'check_inputs', 'vmllm_train']
 
 # %% ../nbs/13_recipes.ipynb #c006
 def _paper_preset(name: str) -> dict:
@@ -260,14 +260,20 @@ def check_stage_options(cfg: dict, stage: int):
     "A stage section's options: unknown ones and values of the wrong kind fail at once, naming the valid ones."
     check_section(f"stage{stage}", cfg.get(f"stage{stage}") or {}, StageOptions)
 
+STAGE_INPUTS = {"data": ("file", "--stage{}_data"), "image_folder": ("folder", "--stage{}_images")}  # option -> (kind, flag)
+
+def unset_input(stage: int, key: str) -> ValueError:
+    "The error for a stage's data file or image folder that is not set, naming the flag that sets it."
+    return ValueError(f"stage{stage}.{key} is not set: pass {STAGE_INPUTS[key][1].format(stage)} (or set it in the YAML file)")
+
 def stage_config(cfg: dict, stage: int, world: int = 1, require_data: bool = True) -> StageConfig:
     "The `StageConfig` of `stage`, with gradient accumulation derived from the global batch."
     check_stage_options(cfg, stage)
     s = dict(cfg[f"stage{stage}"])
     if not require_data: s.setdefault("data", "")
-    for key in ("data",) + (("image_folder",) if cfg.get("preset") != "toy" else ()) if require_data else ():
-        flag = f"--stage{stage}_{'data' if key == 'data' else 'images'}"
-        if not s.get(key): raise ValueError(f"stage{stage}.{key} is not set: pass {flag} (or set it in the YAML file)")
+    needed = ("data",) if cfg.get("preset") == "toy" else tuple(STAGE_INPUTS)  # the toy's images sit beside its data
+    for key in needed if require_data else ():
+        if not s.get(key): raise unset_input(stage, key)
     glob = s.pop("global_batch", None)
     if glob:
         per_step = s["batch_size"] * world
@@ -501,8 +507,6 @@ def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
     return summary
 
 # %% ../nbs/13_recipes.ipynb #5c1e0a02
-STAGE_INPUTS = {"data": ("file", "--stage{}_data"), "image_folder": ("folder", "--stage{}_images")}  # option -> (kind, flag)
-
 def check_path(option: str, path, kind: str, how: str):
     "Refuse a `path` that is not an existing file (`kind='file'`) or folder (`kind='folder'`), naming the option and `how` to fix it."
     p = Path(path)
@@ -521,7 +525,7 @@ def check_stage_inputs(cfg: dict, stage: int):
     for key, (kind, flag) in STAGE_INPUTS.items():
         option, flag = f"stage{stage}.{key}", flag.format(stage)
         if s.get(key): check_path(option, s[key], kind, f"pass an existing {kind} with {flag} (or set {option} in the YAML file)")
-        elif cfg.get("preset") != "toy": raise ValueError(f"{option} is not set: pass {flag} (or set it in the YAML file)")
+        elif cfg.get("preset") != "toy": raise unset_input(stage, key)
 
 def check_heldout(h: dict | None):
     "The `heldout` section, if there is one: its question file, and its image folder if it names one."
