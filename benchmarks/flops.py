@@ -27,10 +27,11 @@ class StepFlops:
         row[1] += bwd
         row[2] += recompute
 
-    def matmul(self, part: str, m: float, k: float, n: float, grad_a: bool, grad_b: bool, recompute: bool = False):
-        "One (m, k) @ (k, n) product; its backward computes the gradient of each operand that needs one."
+    def matmul(self, part: str, m: float, k: float, n: float, grad_a: bool, grad_b: bool, recompute: float = 0.0):
+        """One (m, k) @ (k, n) product; its backward computes the gradient of each operand that needs one; `recompute`: the
+        share of it run again in the backward pass (1 or True: all, 0.5: every other layer)."""
         f = 2.0 * m * k * n
-        self.add(part, f, f * (grad_a + grad_b), f if recompute else 0.0)
+        self.add(part, f, f * (grad_a + grad_b), f * float(recompute))
 
     @property
     def model(self) -> float: return sum(f + b for f, b, _ in self.parts.values())
@@ -57,9 +58,10 @@ def _attn_width(cfg) -> int:
     return cfg.num_attention_heads * head_dim
 
 
-def add_llm(fl: StepFlops, lm, lengths: list, head_tokens: int, trained: bool, recompute: bool):
+def add_llm(fl: StepFlops, lm, lengths: list, head_tokens: int, trained: bool, recompute: float):
     """The causal LM on samples of `lengths` tokens (real tokens: padding is not model work); its LM head on
-    `head_tokens` positions. `trained`: stage 2 (weight gradients); otherwise stage 1 (input gradients only)."""
+    `head_tokens` positions. `trained`: stage 2 (weight gradients); otherwise stage 1 (input gradients only).
+    `recompute`: the share of decoder layers recomputed in the backward pass."""
     cfg = lm.config
     layers = lm.model.layers
     w, L, H = linear_weights(layers), len(layers), _attn_width(cfg)
@@ -145,7 +147,7 @@ def add_connector(fl: StepFlops, model, n_images: int):
 
 
 def step_flops(model, stage: int, lengths: list, n_images: int, prompt_lengths: list, head_tokens: int,
-               recompute_llm: bool) -> StepFlops:
+               recompute_llm: float) -> StepFlops:
     """FLOPs of one training step: samples of `lengths` real tokens (image slots included), `n_images` images, the
     text tower on `prompt_lengths` (empty if the connector reads no prompt), the LM head on `head_tokens` positions."""
     fl = StepFlops()

@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 from vmllm.core import IGNORE_INDEX
 from vmllm.encoder import model_from_config, encoder_config, tiny_encoder_config
-from vmllm.model import VmllmForCausalLM
+from vmllm.model import VmllmForCausalLM, _compose
 from vmllm.train import set_trainable, token_loss_sum
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,7 +46,7 @@ def build(connector: str, tiny: bool, device):
         llm_cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096)
     llm = AutoModelForCausalLM.from_config(llm_cfg)
-    model = VmllmForCausalLM.from_parts(enc, llm, image_token_index=llm_cfg.vocab_size - 1, mm_projector_type=connector)
+    model = _compose(enc, llm, image_token_index=llm_cfg.vocab_size - 1, mm_projector_type=connector)
     return model.to(device)
 
 
@@ -165,10 +165,12 @@ def launch_check(tmp: Path) -> list[str]:
     if results["plain1"][0] == 0:
         results |= run_all({k: job(c and c[0], "2", k, c[1] if c else 0, start) for k, c in second.items()}, env)
     lines = [] if has_ds else ["ZeRO-2/ZeRO-3 under accelerate launch: skipped, DeepSpeed is not installed"]
-    from vmllm.model import load_pretrained
+    from vmllm.model import VmllmForCausalLM
+    from vmllm.processor import VmllmProcessor
     from PIL import Image
     def logits(name, stage):
-        model, proc = load_pretrained(tmp / name / f"stage{stage}" / "final")
+        ckpt = tmp / name / f"stage{stage}" / "final"
+        model, proc = VmllmForCausalLM.from_pretrained(ckpt), VmllmProcessor.from_pretrained(ckpt)
         with torch.no_grad(): return model(**proc("USER: <image>\nWhat colour? ASSISTANT:", images=[Image.new("RGB", (40, 30), "red")])).logits
     def losses(name, stage): return [h["loss"] for h in json.loads((tmp / name / f"stage{stage}" / "history.json").read_text())]
     for name, (stage, plain) in {"fsdp1": (1, "plain1"), "zero2": (1, "plain1"), "fsdp2": (2, "plain2"), "zero3": (2, "plain2")}.items():

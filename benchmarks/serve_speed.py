@@ -58,9 +58,10 @@ def main():
     ap.add_argument("--out", help="write the results here as JSON too")
     a = ap.parse_args()
     import vllm
-    from vmllm.model import load_pretrained, tiny_vmllm
+    from vmllm.model import VmllmForCausalLM, tiny_vmllm
+    from vmllm.processor import VmllmProcessor
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if a.model: model, proc = load_pretrained(a.model)
+    if a.model: model, proc = VmllmForCausalLM.from_pretrained(a.model), VmllmProcessor.from_pretrained(a.model)
     else:
         a.model = tempfile.mkdtemp(prefix="vmllm-tiny-")
         model, proc = tiny_vmllm(llm_width=128)

@@ -1,9 +1,10 @@
 """The toy recipe end to end, timed: data generation, stages 0-2 and held-out accuracy.
 
     python benchmarks/toy_run.py                      # the `toy` preset as shipped
+    python benchmarks/toy_run.py --preset toy-chat --later_turns 300   # the preset trained for chatting
     python benchmarks/toy_run.py --set "model.mm_projector_type=mlp2x_gelu"
 
-Runs `vmllm_train --preset toy` (as `python -m vmllm.recipes`, so the vmllm on `sys.path` is the one measured),
+Runs `vmllm_train --preset toy` (or `--preset toy-chat`; as `python -m vmllm.recipes`, so the vmllm on `sys.path` is the one measured),
 then prints wall time, time and samples/s of every stage, held-out accuracy (overall and per category),
 the accuracy on a second held-out split drawn with another seed (new scenes, never seen in training), the
 command that produced them and the machine. Nothing here is a test: it measures.
@@ -14,14 +15,16 @@ import torch
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="toy", choices=("toy", "toy-chat"), help="the toy recipe to run")
     p.add_argument("--output_dir", default=None, help="keep the run here (default: a temporary folder)")
     p.add_argument("--set", default="", help="overrides passed to vmllm_train --set")
     p.add_argument("--other_seed", type=int, default=1, help="held-out seed of the second held-out split")
     p.add_argument("--pictures", default=None, help="save what the trained connector looks at (layer weights, gates) "
                                                     "for two held-out questions in this folder, e.g. nbs/images")
+    p.add_argument("--later_turns", type=int, default=100, help="held-out questions asked again as second and third turns")
     args = p.parse_args(argv)
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="vmllm-toy-"))
-    cmd = [sys.executable, "-m", "vmllm.recipes", "--preset", "toy", "--output_dir", str(out)] + (["--set", args.set] if args.set else [])
+    cmd = [sys.executable, "-m", "vmllm.recipes", "--preset", args.preset, "--output_dir", str(out)] + (["--set", args.set] if args.set else [])
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -45,12 +48,14 @@ def main(argv=None):
     print(f"held-out accuracy {h['accuracy']:.3f} on {h['scored']} questions: "
           + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in h["per_category"].items()))
     from vmllm.evaluate import evaluate
-    from vmllm.model import load_pretrained
+    from vmllm.model import VmllmForCausalLM
+    from vmllm.processor import VmllmProcessor
     from vmllm.synth import make_heldout
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     data = dict(manifest, image_folder=str(out / "data" / "images"), stage1=str(out / "data" / "stage1.json"),
                 stage2=str(out / "data" / "stage2.json"))
-    model, proc = load_pretrained(out / "stage2" / "final")
+    ckpt = out / "stage2" / "final"
+    model, proc = VmllmForCausalLM.from_pretrained(ckpt), VmllmProcessor.from_pretrained(ckpt)
     rows = [json.loads(l) for l in (out / "data" / "heldout.jsonl").read_text().splitlines() if l.strip()]
     if manifest.get("heldout_seed", manifest["seed"]) != args.other_seed:
         other = make_heldout(data, out / "data" / f"heldout_seed{args.other_seed}.jsonl", n=manifest["n_heldout"], heldout_seed=args.other_seed)
@@ -58,7 +63,7 @@ def main(argv=None):
         print(f"held-out accuracy, other seed ({args.other_seed}) {o['accuracy']:.3f} on {o['scored']} questions: "
               + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in o["per_category"].items())
               + f" (difference {100 * (o['accuracy'] - h['accuracy']):+.1f} points)")
-    print_later_turns(model, proc, out, rows)
+    print_later_turns(model, proc, out, rows, n=args.later_turns)
     if model.config.mm_projector_type == "vmllm": print_gate_picks(model, proc, out, rows)
     if args.pictures: save_pictures(model, proc, out, rows, Path(args.pictures))
 

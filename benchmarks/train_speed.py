@@ -6,8 +6,9 @@
 
 What it measures, printed with the command and the machine:
 - for each stage (1: connector trains, the LLM is frozen but passes gradients; 2: connector + LLM train) and each
-  recomputation policy of the LLM's decoder layers (none / full), the median step time over --steps steps after two
-  warm-up steps, samples/s, peak memory (CUDA only), model FLOPs and hardware FLOPs per step (benchmarks/flops.py),
+  recomputation policy of the LLM's decoder layers (none / selective: every other layer / full), the median step time
+  over --steps steps after two warm-up steps, samples/s, peak memory (CUDA only), the bytes autograd keeps for the
+  backward pass (any device), model FLOPs and hardware FLOPs per step (benchmarks/flops.py),
   MFU and HFU over --peak-tflops;
 - a profiler table of where one stage's step time goes (module groups, then the heaviest kernels).
 Batches follow a length mix like LLaVA-665K's (see `length_mix`), padded on the right to the longest row; model FLOPs
@@ -20,8 +21,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 from vmllm.core import IGNORE_INDEX
 from vmllm.encoder import encoder_config, model_from_config, tiny_encoder_config
-from vmllm.model import VmllmForCausalLM
-from vmllm.train import adamw_options, loss_sum_on_labels, predicting_positions, set_trainable, token_loss_sum
+from vmllm.model import VmllmForCausalLM, _compose
+from vmllm.train import (adamw_options, loss_sum_on_labels, predicting_positions, saved_for_backward, set_recompute,
+                         set_trainable, token_loss_sum)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flops import step_flops  # noqa: E402
@@ -42,7 +44,7 @@ def build(connector: str, tiny: bool, device, meta: bool = False):
                               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096)
     with torch.device("meta" if meta else "cpu"):
         enc, llm = model_from_config(enc_cfg), AutoModelForCausalLM.from_config(llm_cfg)
-        model = VmllmForCausalLM.from_parts(enc, llm, image_token_index=llm_cfg.vocab_size - 1, mm_projector_type=connector)
+        model = _compose(enc, llm, image_token_index=llm_cfg.vocab_size - 1, mm_projector_type=connector)
     return model if meta else model.to(device)
 
 
@@ -94,16 +96,6 @@ def sync(device):
     if device.type == "cuda": torch.cuda.synchronize()
 
 
-def set_recompute(model, policy: str):
-    "Gradient checkpointing of the LLM's decoder layers: 'none' or 'full'."
-    lm, kw = model.language_model, {"use_reentrant": False}
-    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x names
-        if policy == "full": lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-        else: lm.activation_checkpointing_disable()
-    elif policy == "full": lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-    else: lm.gradient_checkpointing_disable()
-
-
 def make_step(model, stage: int, device, head: str = "labelled"):
     """One optimizer step of `stage` on a batch: bf16 autocast on CUDA, AdamW (fused on CUDA); the LM head on the
     positions that predict a label (vmllm_train's step) or, `head='all'`, on every position (the step before)."""
@@ -130,24 +122,25 @@ def add_unneeded_head(fl, model, stage: int, tokens: int):
 
 def time_stage(model, stage: int, policy: str, batches: list, device, head: str = "labelled") -> dict:
     "Median step time over `batches` (after two warm-up steps), peak memory and FLOPs per step."
-    set_recompute(model, policy)
+    share = set_recompute(model, policy) / len(model.language_model.model.layers)  # of the decoder layers recomputed
     step = make_step(model, stage, device, head)
     for b, _ in batches[:2]: step(b)
     sync(device)
     if device.type == "cuda": torch.cuda.reset_peak_memory_stats()
+    _, saved = saved_for_backward(lambda: step(batches[2][0]))  # what the policy keeps for the backward pass, any device
     times, model_fl, hw_fl, real, padded = [], [], [], 0, 0
     for b, s in batches[2:]:
         t = time.perf_counter()
         step(b)
         sync(device)
         times.append(time.perf_counter() - t)
-        fl = step_flops(model, stage, s["lengths"], s["n_images"], s["prompts"], s["head_labelled"], policy == "full")
+        fl = step_flops(model, stage, s["lengths"], s["n_images"], s["prompts"], s["head_labelled"], share)
         if head == "all": add_unneeded_head(fl, model, stage, s["head_all"] - s["head_labelled"])
         model_fl.append(fl.model); hw_fl.append(fl.hardware)
         real += sum(s["lengths"]); padded += s["padded"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return dict(sec=statistics.median(times), model=statistics.median(model_fl), hw=statistics.median(hw_fl),
-                flops_per_s=sum(model_fl) / sum(times), hw_per_s=sum(hw_fl) / sum(times), peak=peak,
+                flops_per_s=sum(model_fl) / sum(times), hw_per_s=sum(hw_fl) / sum(times), peak=peak, saved=saved,
                 padding=1 - real / padded, samples=len(batches[2][0]["input_ids"]), table=fl.table())
 
 
@@ -206,7 +199,8 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="tiny models: the code path anywhere")
     p.add_argument("--connectors", default="vmllm,mlp2x_gelu")
     p.add_argument("--stages", default="1,2")
-    p.add_argument("--policies", default="none,full", help="recomputation of the LLM's decoder layers")
+    p.add_argument("--policies", default="none,selective,full", help="recomputation of the LLM's decoder layers "
+                   "(selective: every other layer)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=20, help="timed steps per setting (medians)")
     p.add_argument("--max-text", type=int, default=1300, help="longest text of a row (tokens)")
@@ -232,8 +226,9 @@ def main(argv=None):
                 r = time_stage(model, stage, policy, batches, device, head)
                 util = (f"MFU {r['flops_per_s'] / peak / 1e12:.1%}, HFU {r['hw_per_s'] / peak / 1e12:.1%}" if peak
                         else f"{r['flops_per_s'] / 1e9:.1f} model GFLOP/s, {r['hw_per_s'] / 1e9:.1f} hardware GFLOP/s")
-                mem = f"peak {r['peak']:.2f} GiB" if r["peak"] == r["peak"] else "peak memory not measured on CPU"
-                print(f"{connector:10s} stage {stage} recompute {policy:4s} head {head:8s}: step {r['sec'] * 1e3:8.1f} ms, "
+                mem = (f"peak {r['peak']:.2f} GiB" if r["peak"] == r["peak"] else "peak not measured on CPU") + \
+                      f", {r['saved'] / 2**20:.1f} MiB saved for backward"
+                print(f"{connector:10s} stage {stage} recompute {policy:9s} head {head:8s}: step {r['sec'] * 1e3:8.1f} ms, "
                       f"{r['samples'] / r['sec']:7.2f} samples/s, {util}, {mem}, padding {r['padding']:.1%} of the tokens, "
                       f"model {r['model']:.3e} / hardware {r['hw']:.3e} FLOPs per step", flush=True)
         print(f"FLOPs of the last stage-{stage} step by part:\n{r['table']}")

@@ -50,8 +50,9 @@ def reference(tmp_path_factory):
 
 def logits_of(final: Path):
     from PIL import Image
-    from vmllm.model import load_pretrained
-    model, proc = load_pretrained(final)
+    from vmllm.model import VmllmForCausalLM
+    from vmllm.processor import VmllmProcessor
+    model, proc = VmllmForCausalLM.from_pretrained(final), VmllmProcessor.from_pretrained(final)
     b = proc("USER: <image>\nWhat colour? ASSISTANT:", images=[Image.new("RGB", (40, 30), "red")])
     with torch.no_grad(): return model(**b).logits
 

@@ -12,7 +12,8 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/c
 if not Path(CHROMIUM).exists():
     pytest.skip("the browser test needs Chromium: apt-get install chromium (or set CHROMIUM to its path)", allow_module_level=True)
 from vmllm.chat import Chat
-from vmllm.model import load_pretrained
+from vmllm.model import VmllmForCausalLM
+from vmllm.processor import VmllmProcessor
 from conftest import tiny_checkpoint, web_server
 
 WAIT_MS = 60_000  # the tiny model answers in well under a second; the page's first load is the slow part
@@ -70,7 +71,7 @@ def test_page_names_the_model(page, tmp_path):
 
 def test_answer_in_the_browser_equals_chat(page, site, tmp_path):
     d, _ = site
-    model, proc = load_pretrained(d / "model")
+    model, proc = VmllmForCausalLM.from_pretrained(d / "model"), VmllmProcessor.from_pretrained(d / "model")
     want = Chat(model, proc, images=[d / "purple.png"], max_new_tokens=8, temperature=0).ask("What is it?")
     ask(page, "What is it?", d / "purple.png")
     wait_for_message(page, re.sub(r"\s+", " ", want).strip())

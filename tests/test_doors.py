@@ -18,7 +18,8 @@ from PIL import Image
 from vmllm.chat import Chat, connector_details
 from vmllm.evaluate import evaluate, is_correct
 from vmllm.infer import build_prompt, normalize_answer
-from vmllm.model import load_pretrained
+from vmllm.model import VmllmForCausalLM
+from vmllm.processor import VmllmProcessor
 from vmllm.processor import chat_turns, images_to_front
 
 TOL = 1e-6
@@ -29,7 +30,8 @@ NEW = 8
 def toy(toy_run):
     "A trained toy model (a shortened toy run, shared with the session) with its held-out split: (model, processor, run folder)."
     out = toy_run
-    model, proc = load_pretrained(out / "stage2" / "final")
+    ckpt = out / "stage2" / "final"
+    model, proc = VmllmForCausalLM.from_pretrained(ckpt), VmllmProcessor.from_pretrained(ckpt)
     return model, proc, out
 
 
@@ -154,7 +156,7 @@ def test_chat_turns_and_explain_pictures_read_what_the_model_read(toy):
     chat.ask("Where is the red circle?")
     _, details = connector_details(model, proc, a, turns=chat.read_turns)
     i2p = torch.zeros(1, dtype=torch.long)
-    _, own = model.image_features(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"], i2p, return_details=True)
+    own = model.image_features(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"], i2p, return_details=True).details
     assert details.keys() == own.keys()
     for k in own: assert torch.equal(details[k], own[k]), k
     msgs = [{"role": "user", "content": [{"type": "image", "image": a}, {"type": "text", "text": "How many shapes are there?"}]},
@@ -205,14 +207,14 @@ def test_trl_collator_labels_equal_vmllm_collator(toy):
 def test_reference_checkpoints_through_the_doors():
     "On checkpoints the reference code itself wrote: apply_chat_template and processor(text) give the reference's logits."
     from safetensors.torch import load_file
-    from vmllm.zoo import load_reference
     goldens = Path(__file__).parent / "goldens"
     for family in ("clip", "siglip"):
         d = goldens / family
         gold = json.loads((d / "outputs.json").read_text())["rows"]
         tensors = load_file(d / "outputs.safetensors")
         rows = json.loads((d / "rows.json").read_text())
-        model, proc = load_reference(d / "checkpoint", d / "tower")
+        model = VmllmForCausalLM.from_pretrained(d / "checkpoint", vision_tower=d / "tower")  # the user's door: transformers'
+        proc = VmllmProcessor.from_pretrained(d / "checkpoint", vision_tower=d / "tower")
         for i, (row, g) in enumerate(zip(rows, gold)):
             msgs = [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]} for t in row["conversations"]]
             images = [Image.open(d / "images" / n) for n in ([row["image"]] if isinstance(row.get("image"), str) else row.get("image") or [])]

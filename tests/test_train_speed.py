@@ -1,5 +1,5 @@
 """The analytic FLOPs of benchmarks/flops.py against torch's FlopCounterMode on the same small training step."""
-import sys
+import re, sys
 from pathlib import Path
 import pytest
 import torch
@@ -70,9 +70,13 @@ def test_the_comparison_fails_without_the_attention_term():
 def test_the_benchmark_runs_on_tiny_models(capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import train_speed
-    train_speed.main(["--tiny", "--device", "cpu", "--steps", "2", "--connectors", "vmllm", "--stages", "1", "--policies", "none,full"])
+    train_speed.main(["--tiny", "--device", "cpu", "--steps", "2", "--connectors", "vmllm", "--stages", "1"])
     out = capsys.readouterr().out
     assert "stage 1 recompute full" in out and "LLM decoder layers" in out and "model FLOPs" in out
+    saved = {m[1]: float(m[2]) for m in re.finditer(r"recompute (\w+) .*?([\d.]+) MiB saved for backward", out)}
+    assert list(saved) == ["none", "selective", "full"] and saved["none"] > saved["selective"] > saved["full"], saved
+    hw = {m[1]: float(m[2]) for m in re.finditer(r"recompute (\w+) .*?hardware ([\d.e+]+) FLOPs per step", out)}
+    assert hw["none"] < hw["selective"] < hw["full"], hw  # recomputing costs hardware FLOPs, never model FLOPs
 
 
 def test_the_labelled_head_is_counted_too():

@@ -19,7 +19,8 @@ from PIL import Image
 vllm = pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 from vmllm.infer import build_prompt  # noqa: E402
-from vmllm.model import load_pretrained, tiny_vmllm  # noqa: E402
+from vmllm.model import VmllmForCausalLM, tiny_vmllm  # noqa: E402
+from vmllm.processor import VmllmProcessor  # noqa: E402
 from vmllm.serve import UNSAFE_HASH_ENV  # noqa: E402
 
 TOL, N_NEW = 1e-4, 8
@@ -147,7 +148,8 @@ def test_cache_safety_negative_control(tiny, monkeypatch):
 def toy(toy_run):
     "A shortened toy run (its templates, prompt rule and data: conftest's `toy_run`), and vLLM serving its final model."
     run = toy_run
-    model, proc = load_pretrained(run / "stage2" / "final")
+    ckpt = run / "stage2" / "final"
+    model, proc = VmllmForCausalLM.from_pretrained(ckpt), VmllmProcessor.from_pretrained(ckpt)
     rows = [json.loads(l) for l in (run / "data" / "heldout.jsonl").read_text().splitlines()[:6]]
     llm = start_llm(run / "stage2" / "final")
     yield model.eval(), proc, llm, [(Image.open(run / "data" / "images" / r["image"]).convert("RGB"), r["text"]) for r in rows]

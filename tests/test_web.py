@@ -6,7 +6,8 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the web demo needs gradio (pip install 'vmllm[demo]')")
 gradio_client = pytest.importorskip("gradio_client", reason="the web demo test needs gradio_client")
 from vmllm.chat import Chat
-from vmllm.model import load_pretrained
+from vmllm.model import VmllmForCausalLM
+from vmllm.processor import VmllmProcessor
 from conftest import tiny_checkpoint, web_server
 
 def text_of(content) -> str:
@@ -22,7 +23,7 @@ def server(tmp_path_factory):
 def test_answers_equal_chat_and_come_with_pictures(server):
     d, url, _ = server
     client = gradio_client.Client(url, verbose=False)
-    model, proc = load_pretrained(d / "model")
+    model, proc = VmllmForCausalLM.from_pretrained(d / "model"), VmllmProcessor.from_pretrained(d / "model")
     chat = Chat(model, proc, images=[d / "purple.png"], max_new_tokens=8, temperature=0)
     for q in ("What is it?", "And its colour?"):
         history, layers, gates, box = client.predict(q, gradio_client.handle_file(str(d / "purple.png")), 0, api_name="/ask")
@@ -54,7 +55,7 @@ def test_oversized_image_is_downscaled_saying_so(server, tmp_path):
     assert texts[1] == "⚠ `wide.png` is 200×100 px, over the limit of 64 px a side: downscaled to 64×32 px."
     small = Image.open(tmp_path / "wide.png").convert("RGB")
     small.thumbnail((64, 64), Image.LANCZOS)
-    model, proc = load_pretrained(d / "model")
+    model, proc = VmllmForCausalLM.from_pretrained(d / "model"), VmllmProcessor.from_pretrained(d / "model")
     assert texts[2] == Chat(model, proc, images=[small], max_new_tokens=8, temperature=0).ask("What is it?")
     assert layers and gates
 

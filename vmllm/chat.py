@@ -32,6 +32,7 @@ def default_max_new_tokens(context: int) -> int:
     "Tokens to generate per reply when not told: a quarter of the context, at most 512 (128 for the toy's 512)."
     return max(1, min(512, context // 4))
 
+# %% ../nbs/14_chat.ipynb #cec08a09
 class Chat:
     "A multi-turn conversation with a vmllm model about zero or more images."
     def __init__(self, model, processor, template: str | None = None, # default: the one the model was trained with
@@ -114,8 +115,8 @@ def connector_details(model, processor, image, prompt: str | None = None, # a qu
     im = open_image(image, processor)
     b = processor(IMAGE_TOKEN, images=[im], prompts=_tower_prompt(processor, prompt, turns))
     b = {k: v.to(model.device) for k, v in b.items()}
-    _, det = model.image_features(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"],
-                                  torch.zeros(1, dtype=torch.long, device=model.device), return_details=True)
+    det = model.image_features(b["pixel_values"], b["prompt_input_ids"], b["prompt_attention_mask"],
+                              torch.zeros(1, dtype=torch.long, device=model.device), return_details=True).details
     return im, det
 
 def gate_grid(gate) -> torch.Tensor:
@@ -128,6 +129,7 @@ def _latest_question(turns: list) -> str:
     "The last question of a conversation, without its image placeholder: what a picture of its answer is titled with."
     return next(text for role, text in reversed(turns) if role == "human").replace(IMAGE_TOKEN, "").strip()
 
+# %% ../nbs/14_chat.ipynb #f3490675
 @torch.no_grad()
 def explain_prediction(model, processor, image, prompt: str | None, out_dir, prefix: str = "",
                        turns: list | None = None, # the conversation the model read, if not one question
@@ -207,9 +209,9 @@ def vmllm_chat(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
                explain: Param("save layer/gate pictures for every question in this folder", str) = None,
                debug: bool = False): # show the full traceback of an error
     "Chat with a vmllm model about an image in the terminal."
-    from vmllm.zoo import load_any
+    from vmllm.zoo import _load_checkpoint
     with user_errors("vmllm_chat", debug):  # a user error: one line, exit code 2
-        m, p = load_any(model, vision_tower)
+        m, p = _load_checkpoint(model, vision_tower)
         chat = Chat(m, p, conv_mode, [image] if image else [], max_new_tokens, temperature, top_p)
     interactive = sys.stdin.isatty()
     if interactive: print("[/reset starts a new conversation, an empty line ends the chat]")

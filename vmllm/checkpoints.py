@@ -17,21 +17,20 @@ from .core import WriteFailed
 from .backends import backend_of, deepspeed_safe_loading
 
 # %% auto #0
-__all__ = ['STATE_FILE', 'SAFE_TO_CHANGE', 'CheckpointWriteError', 'CheckpointMismatch', 'atomic_dir', 'checkpoints',
-           'latest_checkpoint', 'trainable_state', 'save_optimizer', 'read_optimizer', 'fsdp_full_state',
-           'write_trained_state', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'data_fingerprint', 'changed_settings', 'BrokenCheckpoints', 'safetensors_problem', 'json_problem',
-           'checkpoint_problems', 'fresh_state', 'resume_state']
+__all__ = ['CheckpointWriteError', 'CheckpointMismatch', 'checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'BrokenCheckpoints']
 
 # %% ../nbs/09b_checkpoints.ipynb #126bd0b0
 STATE_FILE = "trainer_state.json"
 
+# %% ../nbs/09b_checkpoints.ipynb #04839bd1
 class CheckpointWriteError(WriteFailed):
     "A checkpoint or model folder could not be written; the message says where, why and how much space is left."
 
 class CheckpointMismatch(ValueError):
     "A checkpoint that cannot serve this run whole as it is (another backend, number of processes, vmllm version or stage)."
 
+# %% ../nbs/09b_checkpoints.ipynb #278e6341
 def _kill_point(point: str):
     "Fault injection for the crash tests: `VMLLM_KILL_AT=<point>` kills the process (SIGKILL) when it reaches `point`."
     if os.environ.get("VMLLM_KILL_AT") == point: os.kill(os.getpid(), signal.SIGKILL)
@@ -226,7 +225,9 @@ def changed_settings(old: dict, new: dict, safe=SAFE_TO_CHANGE, prefix: str = ""
 class BrokenCheckpoints(ValueError):
     "No checkpoint of a run is intact; the message names the folder, each file that is wrong and what to do."
 
+# %% ../nbs/09b_checkpoints.ipynb #b0323e24
 _JSON_KEYS = {STATE_FILE: ("step", "config"), "optimizer.json": ("param_groups", "state"), "scheduler.json": ("last_epoch",)}
+
 _TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors", "optimizer.json")  # written together without DeepSpeed
 
 def safetensors_problem(path) -> str | None:
@@ -274,6 +275,7 @@ def checkpoint_problems(ckpt) -> list[str]:
     problems = [f"{ckpt / f} is missing" for f in wanted if not (ckpt / f).exists()]
     return problems + [f"{p} {problem}" for p in sorted(ckpt.iterdir()) if (problem := _file_problem(p))]
 
+# %% ../nbs/09b_checkpoints.ipynb #4dbd2d55
 def _agreed(acc: Accelerator, problem: str | None) -> str | None:
     "The first problem any process found (None if none did): every process gets the same verdict."
     return next((p for p in gather_object([problem]) if p), None)

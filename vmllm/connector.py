@@ -6,7 +6,7 @@
 from __future__ import annotations
 from torch import nn
 from .encoder import VisionTextEncoder, EncoderOutput
-from .enhance import GATES, STREAMS, VmllmEnhancer
+from .enhance import GATES, STREAMS, ConnectorOutput, VmllmEnhancer
 
 # %% auto #0
 __all__ = ['CONNECTORS', 'VmllmConnector', 'LlavaConnector', 'build_connector']
@@ -32,7 +32,7 @@ class LlavaConnector(nn.Sequential):
     def forward(self, enc: EncoderOutput, encoder: VisionTextEncoder, return_details: bool = False):
         x = encoder.patch_tokens(enc.select).to(self[0].weight.dtype)  # [n, N, d]
         out = super().forward(x)                                        # [n, N, D]
-        return (out, {}) if return_details else out
+        return ConnectorOutput(out, {}) if return_details else out
 
 CONNECTORS = ("vmllm", "mlp2x_gelu")
 

@@ -4,17 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c003
 from __future__ import annotations
-import os, shutil, sys
+import json, os, shutil, sys
 from contextlib import contextmanager
 from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'USER_ERRORS', 'default_corpus',
-           'build_tokenizer', 'tiny_llm_config', 'require_files', 'ready_llm_tokenizer', 'load_llm_tokenizer',
-           'progress', 'UserError', 'debug_requested', 'user_errors', 'WriteFailed', 'write_text_atomic',
-           'write_bytes_atomic']
+__all__ = ['IGNORE_INDEX', 'IMAGE_TOKEN', 'SPECIAL_TOKENS', 'VICUNA_SYSTEM', 'LLAMA3_SYSTEM', 'default_corpus', 'build_tokenizer',
+           'tiny_llm_config', 'UserError']
 
 # %% ../nbs/00_core.ipynb #c006
 IGNORE_INDEX = -100
@@ -84,6 +82,13 @@ def require_files(path, # a local directory
             raise FileNotFoundError(f"{what} directory {p} has no {' or '.join(options)}")
     return p
 
+def is_released_layout(path) -> bool:
+    "Whether `path` is a released (LLaVA-layout) checkpoint, as the paper's models were published, not a vmllm one."
+    f = Path(str(path)) / "config.json"
+    if not f.is_file(): return False
+    cfg = json.loads(f.read_text())
+    return cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava"))
+
 # %% ../nbs/00_core.ipynb #c017b
 import json, logging
 
@@ -117,6 +122,7 @@ def _spm_bpe_tokenizer(model_file: Path):
     tk.add_tokens([AddedToken(p.piece, normalized=True) for p in pieces if p.type == kind.USER_DEFINED])  # matched anywhere, as SentencePiece does
     return tk, proto
 
+# %% ../nbs/00_core.ipynb #d09f2b95
 def ready_llm_tokenizer(tok): # a causal LM's tokenizer
     "`tok` with a pad token (its unk, else its eos, as LLaVA sets it) and the `<image>` special token, added if missing."
     if tok.pad_token is None: tok.pad_token = tok.unk_token or tok.eos_token
@@ -162,6 +168,7 @@ def progress(iterable=None, total: int | None = None, desc: str = "", disable: b
 class UserError(Exception):
     "An error the user fixes by changing the command (e.g. installing an extra); not a bug."
 
+# %% ../nbs/00_core.ipynb #83abfb29
 USER_ERRORS = (ValueError, OSError, UserError)
 
 def debug_requested(debug: bool = False) -> bool:

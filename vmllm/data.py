@@ -18,8 +18,7 @@ from .processor import ImageError, VmllmProcessor, images_to_front, open_rgb, pa
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TEMPLATES', 'ROLES', 'render_conversation', 'encode_conversation', 'BadRow', 'NoLabels', 'BadRows',
-           'json_kind', 'row_place', 'image_names', 'image_path', 'LlavaDataset', 'pack_rows', 'Collator',
+__all__ = ['log', 'TEMPLATES', 'render_conversation', 'BadRow', 'NoLabels', 'BadRows', 'LlavaDataset', 'Collator',
            'ModalityLengthSampler', 'preflight']
 
 # %% ../nbs/07_data.ipynb #c006
@@ -52,6 +51,7 @@ def _render_vicuna(turns, tok, open_end):
     if open_end: text += "ASSISTANT:"
     return text, spans
 
+# %% ../nbs/07_data.ipynb #c35a91e7
 def _llama3(turns, tok, open_end: bool, system: str, begin: str,
             trim: bool = False): # LLaVA-NeXT's form: each message trimmed, an empty one still closed by <|eot_id|>
     "A Llama-3 header conversation: `begin` + system turn, then user/assistant turns closed by `<|eot_id|>`."
@@ -93,6 +93,7 @@ def _render_chat_template(turns, tok, open_end):
         spans.append((len(before), len(after)))
     return (render(msgs, True) if open_end else render(msgs, False)), spans
 
+# %% ../nbs/07_data.ipynb #1361a04a
 TEMPLATES = {"plain": _render_plain, "vicuna_v1": _render_vicuna, "llama3": _render_llama3,
              "llama3_next": _render_llama3_next, "chat_template": _render_chat_template}
 
@@ -140,6 +141,7 @@ class BadRows(BadRow):
         more = f"\n... and {len(lines) - show} more (all in .rows)" if len(lines) > show else ""
         super().__init__(f"{len(lines)} bad row{'s' * (len(lines) != 1)} in {self.path}:\n" + "\n".join(lines[:show]) + more)
 
+# %% ../nbs/07_data.ipynb #495c4560
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}  # as written -> as rendered
 
 def json_kind(x) -> str:
@@ -372,6 +374,7 @@ def pack_rows(ids: list, labels: list) -> dict:
                 labels=torch.tensor([t for row in labels for t in row])[None],
                 position_ids=torch.cat([torch.arange(len(row)) for row in ids])[None])
 
+# %% ../nbs/07_data.ipynb #0f9458e6
 @dataclass
 class Collator:
     "Pad a list of examples into a model batch (or pack them into one row); `None` examples (bad rows) are dropped and counted."

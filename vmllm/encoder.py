@@ -14,9 +14,7 @@ from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 from .core import require_files
 
 # %% auto #0
-__all__ = ['ENCODER_PRESETS', 'FAMILY_RULES', 'FamilyRule', 'text_input_rule', 'family_of', 'encoder_config',
-           'tiny_encoder_config', 'model_from_config', 'load_encoder_model', 'split_mean', 'split_cls', 'EncoderOutput',
-           'VisionTextEncoder', 'build_image_processor', 'pad_to_square', 'load_image_processor']
+__all__ = ['ENCODER_PRESETS', 'encoder_config', 'tiny_encoder_config', 'load_encoder_model', 'EncoderOutput', 'VisionTextEncoder']
 
 # %% ../nbs/01_encoder.ipynb #c006
 def _tower(hidden, layers, heads, inter, **kw): return dict(hidden_size=hidden, num_hidden_layers=layers,
@@ -108,6 +106,7 @@ def model_from_config(config):
     "A `CLIPModel`/`SiglipModel` with random weights from `config`."
     return FAMILY_RULES[family_of(config)].model_cls(config)
 
+# %% ../nbs/01_encoder.ipynb #5918b26b
 def load_encoder_model(name_or_path, # preset name, hub id, or local directory of a CLIP/SigLIP checkpoint
                        random_init: bool = False, # build the preset's architecture with random weights
                        dtype=None): # e.g. torch.bfloat16
@@ -138,6 +137,7 @@ def split_cls(x: Tensor) -> tuple[Tensor, Tensor]:
     "Patch tokens, and the CLS token (token 0) as the image global vector (CLIP's rule)."
     return x[:, 1:], x[:, :1]
 
+# %% ../nbs/01_encoder.ipynb #e6607c1a
 @dataclass
 class EncoderOutput:
     "What the encoders hand to a connector."

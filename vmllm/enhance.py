@@ -5,14 +5,15 @@
 # %% ../nbs/02_enhance.ipynb #c003
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .encoder import split_mean
 
 # %% auto #0
-__all__ = ['IMPLS', 'STREAMS', 'GATES', 'layer_attention_reference', 'layer_attention_fast', 'gate_reference', 'gate_fast',
-           'autocast_dtype', 'VmllmEnhancer']
+__all__ = ['IMPLS', 'STREAMS', 'GATES', 'GATE_PREFIXES', 'layer_attention_reference', 'layer_attention_fast', 'gate_reference',
+           'gate_fast', 'ConnectorOutput', 'autocast_dtype', 'VmllmEnhancer']
 
 # %% ../nbs/02_enhance.ipynb #c006
 def layer_attention_reference(stack: Tensor, # [n, T, K, d]: K hidden states of every token
@@ -66,13 +67,23 @@ def gate_fast(x: Tensor, g: Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj
 
 # %% ../nbs/02_enhance.ipynb #c012
 IMPLS = {"fast": (layer_attention_fast, gate_fast), "reference": (layer_attention_reference, gate_reference)}
+
 STREAMS, GATES = ("low", "high", "select"), ("text", "image")
+
+GATE_PREFIXES = {"text": "txt_", "image": ""}  # the reference's names: the image gate's projections are plain q/k/v_proj
+
+@dataclass
+class ConnectorOutput:
+    "A connector's image tokens and what produced them (`return_details=True`)."
+    features: Tensor # [n, N, D] the image tokens the LLM reads
+    details: dict # name -> tensor: '{stream}_layer_weights' [n, T, K] and '{stream}_{gate}_gate' [n, N] (empty for LLaVA's MLP)
 
 def autocast_dtype(device) -> torch.dtype | None:
     "The dtype autocast runs matrix products in on `device`, or None when autocast is off."
     device = torch.device(device)
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
+# %% ../nbs/02_enhance.ipynb #05ec7d53
 class VmllmEnhancer(nn.Module):
     "vMLLM's visual feature enhancement and projector (steps 3-6 of `00_method`), with the reference parameter names."
     def __init__(self, vision_width: int, # d: width of the vision tower's hidden states
@@ -89,9 +100,8 @@ class VmllmEnhancer(nn.Module):
         for name in ("low", "high"):
             if name in self.streams:
                 for p in "qkv": setattr(self, f"img_{name}_{p}_proj", nn.Linear(d, d))
-        for gate, prefix in (("text", "txt_"), ("image", "")):
-            if gate in self.gates:
-                for p in "qkv": setattr(self, f"{prefix}{p}_proj", nn.Linear(e, e))
+        for gate in self.gates:
+            for p in "qkv": setattr(self, f"{GATE_PREFIXES[gate]}{p}_proj", nn.Linear(e, e))
         self.proj = nn.Sequential(nn.Linear(len(self.streams) * e, llm_width), nn.GELU(), nn.Linear(llm_width, llm_width))
         self.impl = impl
 
@@ -102,14 +112,15 @@ class VmllmEnhancer(nn.Module):
         if value not in IMPLS: raise ValueError(f"unknown enhancement impl {value!r}: use one of {sorted(IMPLS)}")
         self._impl = value
 
-    def _projs(self, prefix: str) -> tuple: return tuple(getattr(self, f"{prefix}{p}_proj") for p in "qkv")
+    def _layer_projs(self, stream: str) -> tuple: return tuple(getattr(self, f"img_{stream}_{p}_proj") for p in "qkv")
+    def _gate_projs(self, gate: str) -> tuple: return tuple(getattr(self, f"{GATE_PREFIXES[gate]}{p}_proj") for p in "qkv")
 
     def forward(self, hidden_states, # sequence of K+... tensors [n, T, d]: every hidden state of the tower
                 select: Tensor, # [n, T, d] the LLaVA feature layer
                 text_global: Tensor, # [n, e] the prompt vector of each image
                 to_embedding=nn.Identity(), # vision width -> embedding width (CLIP's visual projection)
                 split_global=split_mean, # stream -> (tokens [n, N, e], global [n, 1, e])
-                return_details: bool = False, # also return layer weights and gate values (for plots)
+                return_details: bool = False, # a `ConnectorOutput` with layer weights and gate values (for plots)
                ):
         layer_attention, gate = IMPLS[self.impl]
         dtype = next(p.dtype for p in self.parameters() if p.is_floating_point())  # quantized weights are not
@@ -119,7 +130,7 @@ class VmllmEnhancer(nn.Module):
         for name, hs in (("low", hidden_states[:n // 2]), ("high", hidden_states[n // 2:])):
             if name not in self.streams: continue
             stack = torch.stack([h.to(stack_dtype) for h in hs], dim=2)      # [n, T, K, d]
-            streams[name], details[f"{name}_layer_weights"] = layer_attention(stack, *self._projs(f"img_{name}_"))
+            streams[name], details[f"{name}_layer_weights"] = layer_attention(stack, *self._layer_projs(name))
         if "select" in self.streams: streams["select"] = select.to(dtype)
         t = text_global.to(dtype)[:, None] if "text" in self.gates else None  # [n, 1, e]
         fused = []
@@ -127,12 +138,11 @@ class VmllmEnhancer(nn.Module):
             x, c = split_global(to_embedding(s))                             # [n, N, e], [n, 1, e]
             terms = [x]
             if t is not None:
-                gt, details[f"{name}_text_gate"] = gate(x, t, *self._projs("txt_"))
+                gt, details[f"{name}_text_gate"] = gate(x, t, *self._gate_projs("text"))
                 terms.append(gt)
             if "image" in self.gates:
-                gc, details[f"{name}_image_gate"] = gate(x, c, *self._projs(""))
+                gc, details[f"{name}_image_gate"] = gate(x, c, *self._gate_projs("image"))
                 terms.append(gc)
             fused.append(F.normalize(sum(terms) / len(terms), dim=-1))       # (X + G_t + G_c) / 3 in the full model
         out = self.proj(torch.cat(fused, dim=-1))                            # [n, N, D]
-        return (out, details) if return_details else out
-
+        return ConnectorOutput(out, details) if return_details else out

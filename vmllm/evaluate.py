@@ -14,8 +14,7 @@ from .data import image_names, image_path, json_kind, row_place
 from .infer import build_prompt, context_length, generate_replies, normalize_answer, open_image
 
 # %% auto #0
-__all__ = ['LETTERS', 'MC_INSTRUCTION', 'options_of', 'question_text', 'question_file', 'read_question_rows', 'extract_letter',
-           'is_correct', 'check_writable', 'check_images_resolve', 'evaluate', 'results_table', 'vmllm_eval']
+__all__ = ['is_correct', 'evaluate', 'results_table', 'vmllm_eval']
 
 # %% ../nbs/12_evaluate.ipynb #c006
 LETTERS = "ABCDEFGHIJ"
@@ -80,6 +79,7 @@ def extract_letter(reply: str, options: list[str]) -> str | None:
     hits = [LETTERS[i] for i, o in enumerate(options) if normalize_answer(o) and normalize_answer(o) in normalize_answer(reply)]
     return hits[0] if len(hits) == 1 else None
 
+# %% ../nbs/12_evaluate.ipynb #4b3fde3e
 def is_correct(row: dict, reply: str) -> bool | None:
     "Whether `reply` answers `row` (None when the row has no answer)."
     if row.get("answer") in (None, ""): return None
@@ -129,6 +129,7 @@ def check_images_resolve(rows: list, image_folder, questions_file):
         raise ValueError(f"not one of the {len(named)} images that {questions_file} names is in {image_folder} "
                          f"(the first: {named[0]}): pass --image_folder, the folder the rows' image paths are relative to")
 
+# %% ../nbs/12_evaluate.ipynb #80a92969
 @torch.no_grad()
 def evaluate(model, processor, questions_file,
              image_folder=None, # the folder the rows' image paths are relative to; default: the questions file's folder
@@ -199,13 +200,13 @@ def vmllm_eval(model: Param("checkpoint directory: vmllm or released (LLaVA) lay
                batch_size: int = 8, max_new_tokens: int = 16,
                debug: bool = False): # show the full traceback of an error
     "Evaluate a vmllm model on a question file: exact match for open answers, the letter for multiple choice."
-    from vmllm.zoo import load_any
+    from vmllm.zoo import _load_checkpoint
     results_file = results_file or str(Path(questions).with_suffix("")) + ".results.json"
     answers_file = answers_file or str(Path(results_file).with_suffix("")) + ".answers.jsonl"
     with user_errors("vmllm_eval", debug):  # a bad model, a missing file, an output that cannot be written: one line, exit 2
         question_file(questions)
         if image_folder and not Path(image_folder).is_dir(): raise FileNotFoundError(f"--image_folder not found: {image_folder}")
-        m, p = load_any(model, vision_tower)
+        m, p = _load_checkpoint(model, vision_tower)
         r = evaluate(m, p, questions, image_folder, conv_mode, batch_size, max_new_tokens, answers_file, results_file,
                      model_id=Path(model).name)
     for msg in r["skipped_rows"]: print(f"skipped {msg}")

@@ -75,6 +75,7 @@ def _gen_settings(gen_kwargs: dict) -> tuple[dict, list]:
     until = gen_kwargs.get("until") or []
     return kw, [u for u in ([until] if isinstance(until, str) else until) if u]
 
+# %% ../nbs/16_lmms.ipynb #6cd69bbd
 class VmllmLMMS(_LMMSBase):
     "lmms-eval model adapter for vmllm checkpoints (vmllm or released layout): requests as text and visuals."
     def __init__(self, pretrained: str, # checkpoint directory
@@ -83,8 +84,8 @@ class VmllmLMMS(_LMMSBase):
                  device: str | None = None, batch_size: int = 1, **kwargs):
         if _LMMSBase is object: raise ImportError('lmms-eval is not installed: pip install "vmllm[lmms]"')
         super().__init__()
-        from vmllm.zoo import load_any
-        self.model, self.processor = load_any(pretrained, vision_tower)
+        from vmllm.zoo import _load_checkpoint
+        self.model, self.processor = _load_checkpoint(pretrained, vision_tower)
         self._device = default_device(device)
         self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.model.to(self._device).eval()

@@ -15,18 +15,15 @@ from torch import nn, Tensor
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
                           GenerationMixin, PretrainedConfig, PreTrainedModel)
 from transformers.models.auto import CONFIG_MAPPING
-from .core import (IGNORE_INDEX, IMAGE_TOKEN, build_tokenizer, load_llm_tokenizer, ready_llm_tokenizer, require_files,
-                        tiny_llm_config)
+from .core import (IGNORE_INDEX, IMAGE_TOKEN, build_tokenizer, is_released_layout, load_llm_tokenizer,
+                        ready_llm_tokenizer, require_files, tiny_llm_config)
 from .encoder import (VisionTextEncoder, model_from_config, build_image_processor, family_of, load_encoder_model,
                            load_image_processor, tiny_encoder_config)
 from .connector import CONNECTORS, build_connector
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['FLOAT_DTYPES', 'CHECKPOINT_FILES', 'VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'processor_for',
-           'check_llm_source', 'from_local_dirs', 'expand_image_tokens', 'packed_samples', 'left_aligned',
-           'refuse_bad_tensors', 'refuse_non_finite', 'stored_dtypes', 'VmllmBackbone', 'diff_state_dicts',
-           'load_pretrained']
+__all__ = ['VmllmConfig', 'VmllmForCausalLM', 'tiny_vmllm', 'from_local_dirs', 'packed_samples', 'left_aligned', 'VmllmBackbone']
 
 # %% ../nbs/05_model.ipynb #c006
 def _sub_config(c, what: str):
@@ -102,8 +99,6 @@ class VmllmForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(module, nn.Linear) and any(module is m for m in self.mm_projector.modules()):
             module.reset_parameters()
 
-    released_loader = None # set by vmllm.zoo (which `import vmllm` imports): reads released (LLaVA-layout) directories
-
     def get_input_embeddings(self): return self.language_model.get_input_embeddings()
     def set_input_embeddings(self, value): self.language_model.set_input_embeddings(value)
     def get_output_embeddings(self): return self.language_model.get_output_embeddings()
@@ -135,6 +130,7 @@ def tiny_vmllm(family: str = "clip", # encoder family: 'clip' or 'siglip'
     if encoder_model is not None: model.vision_tower = VisionTextEncoder(encoder_model, cfg.reference_quirks)
     return model, processor_for(enc_cfg, tok, enc_tok)
 
+# %% ../nbs/05_model.ipynb #b8a78ed7
 def processor_for(encoder_config, tokenizer, encoder_tokenizer,
                   tower_dir=None) -> VmllmProcessor: # the tower's folder: its saved image processor, if it has one
     "The processor of a model with this encoder config and these tokenizers (no model needed)."
@@ -144,15 +140,14 @@ def processor_for(encoder_config, tokenizer, encoder_tokenizer,
                           (vc.image_size // vc.patch_size) ** 2, family_of(encoder_config),
                           encoder_config.text_config.max_position_embeddings)
 
-@patch(cls_method=True)
-def from_parts(cls: VmllmForCausalLM, encoder_model, # a loaded `CLIPModel`/`SiglipModel`
-                language_model, # a loaded causal LM
-                image_token_index: int, # the image token's id in the LLM's (resized) vocabulary
-                **config_kwargs) -> VmllmForCausalLM:
+def _compose(encoder_model, # a loaded `CLIPModel`/`SiglipModel`
+             language_model, # a loaded causal LM
+             image_token_index: int, # the image token's id in the LLM's (resized) vocabulary
+             **config_kwargs) -> VmllmForCausalLM:
     "Compose a model from loaded parts; only the connector is newly initialised."
     cfg = VmllmConfig(text_config=language_model.config, encoder_config=encoder_model.config,
                       image_token_index=image_token_index, **config_kwargs)
-    with torch.device("meta"): model = cls(cfg)
+    with torch.device("meta"): model = VmllmForCausalLM(cfg)
     model.vision_tower = VisionTextEncoder(encoder_model, cfg.reference_quirks)
     model.language_model = language_model
     model.mm_projector = build_connector(cfg.mm_projector_type, model.vision_tower, cfg.text_config.hidden_size,
@@ -172,6 +167,7 @@ def check_llm_source(llm):
         raise FileNotFoundError(f"LLM directory not found: {llm} (give the folder of a causal LM: its config.json, "
                                 "weights and tokenizer)")
 
+# %% ../nbs/05_model.ipynb #9b0af071
 def from_local_dirs(vision_tower, # local CLIP/SigLIP directory (or a preset name found in the local cache)
                     llm, # local causal LM directory
                     llm_dtype=torch.float32, # DeepSpeed keeps fp32 master weights itself: bf16 is enough there
@@ -185,7 +181,7 @@ def from_local_dirs(vision_tower, # local CLIP/SigLIP directory (or a preset nam
     src = Path(str(vision_tower)).expanduser()
     src = src if src.is_dir() else Path(encoder.name_or_path)
     enc_tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    model = VmllmForCausalLM.from_parts(encoder, lm, tok.convert_tokens_to_ids(IMAGE_TOKEN), **config_kwargs)
+    model = _compose(encoder, lm, tok.convert_tokens_to_ids(IMAGE_TOKEN), **config_kwargs)
     return model, processor_for(encoder.config, tok, enc_tok, src)
 
 # %% ../nbs/05_model.ipynb #c011f
@@ -403,13 +399,32 @@ def base_model(self: VmllmForCausalLM) -> VmllmBackbone:
     return VmllmBackbone(self)
 
 # %% ../nbs/05_model.ipynb #c011o
+def _place(model, device_map=None, max_memory=None):
+    "Put a model built in memory where `device_map` says, as `from_pretrained` would have."
+    if device_map is None: return model
+    if isinstance(device_map, (str, torch.device)) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return model.to(device_map)
+    from accelerate import dispatch_model, infer_auto_device_map
+    dm = device_map if isinstance(device_map, dict) else infer_auto_device_map(
+        model, max_memory, no_split_module_classes=list(model._no_split_modules))
+    return dispatch_model(model, dm)
+
+def _from_released(path: Path, vision_tower, allow_missing, kwargs: dict):
+    "A released (LLaVA-layout) directory, converted in memory by the zoo's reader (`11_zoo`), the one import up the graph."
+    if kwargs.get("quantization_config") is not None:
+        raise ValueError(f"{path} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
+                         "then load the vmllm directory with quantization_config")
+    from vmllm.zoo import _read_released  # here, not at the top: the zoo builds on this module
+    model = _read_released(path, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")), allow_missing=allow_missing)[0]
+    return _place(model, kwargs.get("device_map"), kwargs.get("max_memory"))
+
 @patch(cls_method=True)
 def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args, vision_tower=None, allow_missing=(), **kwargs):
     """`PreTrainedModel.from_pretrained` (`dtype`, `device_map`, `quantization_config` as for any model; a quantized
-    model keeps its towers, connector and LM head unquantized unless the config names its own skip list); a released
-    (LLaVA-layout) directory is recognised and converted on the fly by `vmllm.zoo.load_reference`. A checkpoint with
-    missing, unexpected, integer or non-finite trained tensors is refused by name (`allow_missing`: glob patterns of
-    names that may be missing)."""
+    model keeps its towers, connector and LM head unquantized unless the config names its own skip list), for a vmllm
+    directory or a released (LLaVA-layout) one, converted on the fly (`vision_tower`: its tower's folder, when the
+    checkpoint holds no tower). A checkpoint with missing, unexpected, integer or non-finite trained tensors is refused
+    by name (`allow_missing`: glob patterns of names that may be missing)."""
     q = kwargs.get("quantization_config")
     if q is not None:
         if not torch.cuda.is_available():
@@ -417,23 +432,11 @@ def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args,
                              "load without it (dtype=torch.bfloat16 halves the memory) or on a GPU machine")
         if getattr(q, "llm_int8_skip_modules", "absent") is None: q.llm_int8_skip_modules = ["vision_tower", "mm_projector", "lm_head"]
     p = Path(str(pretrained_model_name_or_path))
-    if (p / "config.json").is_file():
-        cfg = json.loads((p / "config.json").read_text())
-        if cfg.get("model_type") != "vmllm" and ("mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava")):
-            if q is not None: raise ValueError(f"{p} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
-                                               "then load the vmllm directory with quantization_config")
-            if cls.released_loader is None: raise ImportError("released checkpoints are read by vmllm.zoo: import vmllm")
-            model = cls.released_loader(p, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")),
-                                        allow_missing=allow_missing)[0]
-            device_map = kwargs.get("device_map")
-            if isinstance(device_map, (str, torch.device)) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
-                model = model.to(device_map)
-            elif device_map is not None:
-                from accelerate import dispatch_model, infer_auto_device_map
-                dm = device_map if isinstance(device_map, dict) else infer_auto_device_map(
-                    model, kwargs.get("max_memory"), no_split_module_classes=list(model._no_split_modules))
-                model = dispatch_model(model, dm)
-            return model
+    if p.is_dir(): require_files(p, "config.json", what="checkpoint")
+    if is_released_layout(p): return _from_released(p, vision_tower, allow_missing, kwargs)
+    if p.is_dir():
+        require_files(p, "model.safetensors|model.safetensors.index.json|pytorch_model.bin", what="vmllm checkpoint")
+        kwargs.setdefault("local_files_only", True)
     want_info = kwargs.pop("output_loading_info", False)
     model, info = super(VmllmForCausalLM, cls).from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                                                **kwargs)
@@ -459,9 +462,3 @@ def diff_state_dicts(a: dict, b: dict) -> list[str]:
 
 # %% ../nbs/05_model.ipynb #c029
 CHECKPOINT_FILES = ("config.json", "model.safetensors|model.safetensors.index.json", VmllmProcessor.config_name)
-
-def load_pretrained(path, # a directory written by `model.save_pretrained` and `processor.save_pretrained`
-                    **kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
-    "Model and processor from a local vmllm checkpoint directory."
-    path = require_files(path, *CHECKPOINT_FILES, what="vmllm checkpoint")
-    return VmllmForCausalLM.from_pretrained(path, local_files_only=True, **kwargs), VmllmProcessor.from_pretrained(path)

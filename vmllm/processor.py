@@ -12,13 +12,12 @@ import torch
 from fastcore.basics import patch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
-from .core import IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, load_llm_tokenizer, require_files
+from .core import (IGNORE_INDEX, IMAGE_TOKEN, LLAMA3_SYSTEM, VICUNA_SYSTEM, is_released_layout, load_llm_tokenizer,
+                        require_files)
 from .encoder import load_image_processor, pad_to_square, text_input_rule
 
 # %% auto #0
-__all__ = ['PROMPT_RULES', 'GENERATION_KWARGS', 'LLM_CHAT_TEMPLATE', 'images_to_front', 'encode_text', 'pad_rows', 'chat_turns',
-           'chat_template_for', 'text_tower_prompt', 'TurnMarkers', 'turn_markers', 'user_messages', 'ImageError',
-           'open_rgb', 'load_image_part', 'VmllmProcessor']
+__all__ = ['PROMPT_RULES', 'GENERATION_KWARGS', 'text_tower_prompt', 'ImageError', 'VmllmProcessor']
 
 # %% ../nbs/04_processor.ipynb #c005
 def _as_list(x) -> list: return [x] if isinstance(x, str) else list(x)
@@ -100,6 +99,7 @@ def chat_turns(messages: list, # [{'role': 'user'|'assistant', 'content': str or
         turns.append((roles[role], _content_text(content, role)))
     return turns
 
+# %% ../nbs/04_processor.ipynb #d9e27bea
 # Jinja: the same reading of a message, then `images_to_front`, then the template's layout
 _JINJA_MESSAGE = """{%- macro vmllm_text(message) -%}
 {%- if message['content'] is string -%}{%- set raw = message['content'] -%}
@@ -121,6 +121,7 @@ _JINJA_MESSAGE = """{%- macro vmllm_text(message) -%}
 {%- if message['role'] not in ['user', 'assistant'] -%}{{ raise_exception("vmllm's templates take 'user' and 'assistant' messages, not " ~ message['role']) }}{%- endif -%}
 {%- endfor -%}
 """
+
 # each reply sits in {% generation %}: the tokens training learns (`return_assistant_tokens_mask`, TRL's assistant_only_loss)
 _VICUNA = """{{- SYSTEM -}}
 {%- for message in messages -%}
@@ -130,6 +131,7 @@ _VICUNA = """{{- SYSTEM -}}
 {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"""
+
 _LLAMA3 = """{{- BEGIN ~ '<|start_header_id|>system<|end_header_id|>\\n\\n' ~ SYSTEM ~ '<|eot_id|>' -}}
 {%- for message in messages -%}
 {%- set text = vmllm_text(message) TRIM -%}
@@ -138,6 +140,7 @@ _LLAMA3 = """{{- BEGIN ~ '<|start_header_id|>system<|end_header_id|>\\n\\n' ~ SY
 {%- elif text or CLOSE_EMPTY -%}{% generation %}{{ text ~ '<|eot_id|>' }}{% endgeneration %}{%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"""
+
 _PLAIN = """{%- if messages | length > 2 or (messages | length == 1 and not add_generation_prompt) -%}
 {{ raise_exception("template 'plain' takes one (image, caption) pair: use a chat template (vicuna_v1, llama3) for conversations") }}
 {%- endif -%}
@@ -150,6 +153,7 @@ def _llama3_layout(begin: str, system: str, trim: bool) -> str:
     return (_LLAMA3.replace("BEGIN", json.dumps(begin)).replace("SYSTEM", json.dumps(system))
             .replace("TRIM", "| trim" if trim else "").replace("CLOSE_EMPTY", "true" if trim else "false"))
 
+# %% ../nbs/04_processor.ipynb #97db488c
 def chat_template_for(template: str, # one of the templates of `vmllm.data.render_conversation` but 'chat_template'
                       system: str | None = None, # vicuna_v1 only: another system prompt ('' for none)
                      ) -> str:
@@ -226,6 +230,7 @@ def _user_markers(render) -> tuple[str | None, str | None]:
 
 _MARKERS = {}
 
+# %% ../nbs/04_processor.ipynb #fac06fd3
 def turn_markers(render, # `render(messages, add_generation_prompt) -> str`, with the template and special tokens fixed
                  key=None) -> TurnMarkers: # a cache key for this template and tokenizer
     "The markers of a chat template, read by rendering probe conversations (cached under `key`)."
@@ -253,6 +258,7 @@ def user_messages(text: str, markers: TurnMarkers) -> list[str] | None:
 class ImageError(ValueError):
     "An image that cannot be used; the message names the file and why."
 
+# %% ../nbs/04_processor.ipynb #8975d415
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -469,6 +475,7 @@ def _pack(self: VmllmProcessor, rows: list, images: list, prompts: list, labels:
     if return_tensors is None: out = {k: v.tolist() for k, v in out.items()}
     return BatchFeature(out)
 
+# %% ../nbs/04_processor.ipynb #7e587f14
 @patch
 def __call__(self: VmllmProcessor, text=None, # one string or a list: the LLM input, with `<image>` where images go
              images=None, # images (PIL, paths or arrays) in order of appearance, flat or one list per text
@@ -529,6 +536,7 @@ def _images_per_conversation(convs: list, images, batched: bool) -> list:
         out.append(ims)
     return out
 
+# %% ../nbs/04_processor.ipynb #aa3bc4a4
 @patch
 def reply_spans(self: VmllmProcessor, messages: list, chat_template: str | None = None) -> list:
     "(start, end) characters of each assistant reply in the rendered conversation: what a prefix of it adds after the generation prompt."
@@ -591,8 +599,14 @@ def save_pretrained(self: VmllmProcessor, path, **kwargs):
     return files
 
 @patch(cls_method=True)
-def from_pretrained(cls: VmllmProcessor, path, **kwargs):
-    "Load a processor saved by `save_pretrained` (or by vmllm before it was a `ProcessorMixin`) from local directory `path`."
+def from_pretrained(cls: VmllmProcessor, path,
+                    vision_tower=None, # a released checkpoint without its tower: the tower's folder (its tokenizer, image processor)
+                    **kwargs):
+    """Load a processor saved by `save_pretrained` (or by vmllm before it was a `ProcessorMixin`) from local directory `path`;
+    a released (LLaVA-layout) directory gets the processor its model is loaded with (`11_zoo`), without reading weights."""
+    if is_released_layout(path):
+        from vmllm.zoo import _released_processor  # here, not at the top: the zoo builds on this module
+        return _released_processor(path, vision_tower)
     path = require_files(path, "processor_config.json|" + cls.config_name, "tokenizer_config.json",
                          "encoder_tokenizer/tokenizer_config.json", "preprocessor_config.json", what="processor")
     cfg = {}

@@ -19,8 +19,8 @@ from .data import TEMPLATES
 from .enhance import GATES, IMPLS, STREAMS
 from .processor import PROMPT_RULES
 from .core import require_files, user_errors, write_text_atomic
-from .model import CHECKPOINT_FILES, from_local_dirs, load_pretrained, processor_for, tiny_vmllm
-from .zoo import load_any
+from .model import CHECKPOINT_FILES, from_local_dirs, processor_for, tiny_vmllm
+from .zoo import _load_checkpoint
 from .synth import check_categories, make_toy_data, toy_corpus, toy_tokenizers
 from .backends import backend_of, configure_deepspeed, make_accelerator, zero3_off
 from .checkpoints import SAFE_TO_CHANGE, _kill_point, atomic_dir, changed_settings
@@ -28,13 +28,8 @@ from .train import StageConfig, train_contrastive, train_language_model, train_s
 from accelerate.utils import set_seed
 
 # %% auto #0
-__all__ = ['PRESETS', 'SECTIONS', 'CHOICES', 'SUBSETS', 'AT_LEAST_1', 'AT_LEAST_0', 'RANGES', 'RENAMED', 'NOT_OPTIONS',
-           'STAGE_INPUTS', 'NO_LLM', 'LOCK_FILE', 'RUN_SAFE_TO_CHANGE', 'ModelOptions', 'ToyDataOptions',
-           'PretrainOptions', 'StageOptions', 'HeldoutOptions', 'RecipeOptions', 'check_range', 'check_together',
-           'check_section', 'check_recipe', 'merge', 'parse_sets', 'resolve', 'read_config_file', 'parse_stages',
-           'check_stage_options', 'unset_input', 'stage_config', 'with_prompt_rule', 'real_model', 'output_lock',
-           'run_toy_model', 'check_resume_config', 'finished', 'stage_record', 'run', 'check_path', 'stages_to_train',
-           'check_stage_inputs', 'check_heldout', 'check_inputs', 'vmllm_train']
+__all__ = ['PRESETS', 'TOY_PRESETS', 'ModelOptions', 'ToyDataOptions', 'PretrainOptions', 'StageOptions', 'HeldoutOptions',
+           'RecipeOptions', 'resolve', 'read_config_file', 'run', 'vmllm_train']
 
 # %% ../nbs/13_recipes.ipynb #c006
 def _paper_preset(name: str) -> dict:
@@ -60,6 +55,17 @@ PRESETS["toy"] = dict(  # about 4 minutes on 2 CPU cores (benchmarks/toy_run.py)
     stage1=dict(template="plain", lr=2e-3, epochs=4.0, global_batch=32, batch_size=32, max_length=512, save_every=0),
     stage2=dict(template="chat_template", lr=1e-3, epochs=2.0, global_batch=16, batch_size=16, max_length=512, save_every=0),
 )
+
+def _toy_chat_preset() -> dict:
+    "The toy trained for chatting: 40% of its image rows ask two to four questions, and stage 2 runs three epochs."
+    p = copy.deepcopy(PRESETS["toy"])
+    p.update(preset="toy-chat", output_dir="runs/toy-chat")
+    p["toy_data"]["multi_turn"] = 0.4
+    p["stage2"]["epochs"] = 3.0
+    return p
+
+PRESETS["toy-chat"] = _toy_chat_preset()  # about 14 minutes on 2 CPU cores (benchmarks/toy_run.py --preset toy-chat)
+TOY_PRESETS = ("toy", "toy-chat")  # presets that generate their own world and train stage 0
 
 # %% ../nbs/13_recipes.ipynb #c007b
 @dataclass
@@ -93,6 +99,7 @@ class ToyDataOptions:
     categories: dict | None = None # weights of the question categories of stage 2 (None: as a scene offers them)
     multi_turn: float = 0.0 # share of stage-2 image rows asked two to four questions (`synth.MULTI_TURN`)
 
+# %% ../nbs/13_recipes.ipynb #091e53c0
 @dataclass
 class PretrainOptions:
     "The `stage0` (contrastive encoder) and `stage0_llm` (language model) sections of the toy."
@@ -130,23 +137,33 @@ class RecipeOptions:
     stage2: dict = field(default_factory=dict)
     heldout: dict | None = None # questions scored after training (`HeldoutOptions`); the toy run sets its own
 
+# %% ../nbs/13_recipes.ipynb #63b4d3fb
 SECTIONS = {"model": ModelOptions, "toy_data": ToyDataOptions, "stage0": PretrainOptions, "stage0_llm": PretrainOptions,
             "stage1": StageOptions, "stage2": StageOptions, "heldout": HeldoutOptions}
+
 CHOICES = {"mm_projector_type": CONNECTORS, "prompt_rule": PROMPT_RULES, "enhance_impl": tuple(IMPLS), "family": tuple(FAMILY_RULES),
            "template": tuple(TEMPLATES), "mixed_precision": ("no", "bf16", "fp16"), "length_grouping": ("words", "tokens")}
+
 SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 2)}  # toy_data.categories: `check_categories`
+
 AT_LEAST_1 = ("batch_size", "global_batch", "grad_accum", "max_length", "threads", "steps", "n_stage1", "n_stage2", "n_heldout",
               "image_size", "patch_size", "encoder_layers", "encoder_width", "llm_width", "llm_layers")
+
 AT_LEAST_0 = ("epochs", "max_steps", "lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "save_every", "keep_checkpoints",
               "num_workers", "preflight_rows", "seed")
+
 RANGES = {**{k: (1, None) for k in AT_LEAST_1}, **{k: (0, None) for k in AT_LEAST_0},
           "warmup_ratio": (0, 1), "lora_dropout": (0, 1), "multi_turn": (0, 1)}  # (lowest, highest) allowed, None: no limit
+
 RENAMED = {"connector": "mm_projector_type"}  # older recipe names
+
 NOT_OPTIONS = {"stage"}  # a stage section's stage is its name
 
+# %% ../nbs/13_recipes.ipynb #25519371
 def _kind_ok(value, annotation: str) -> bool:
     "Whether `value` fits a field annotated `annotation` (a string: the module uses postponed annotations)."
     if value is None: return "None" in annotation
+    if "|" in annotation: return any(_kind_ok(value, a.strip()) for a in annotation.split("|") if a.strip() != "None")
     if annotation.startswith("bool"): return isinstance(value, bool)
     if annotation.startswith("int"): return isinstance(value, int) and not isinstance(value, bool)
     if annotation.startswith("float"): return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -171,9 +188,10 @@ def check_together(cfg: dict):
     if turns is not None and not (len(turns) == 2 and all(isinstance(t, int) and t >= 1 for t in turns) and turns[0] <= turns[1]):
         raise ValueError(f"toy_data.turns={turns!r}: must be [fewest, most] questions per conversation, 1 <= fewest <= most")
     m = {f.name: f.default for f in fields(ModelOptions)} | (cfg.get("model") or {})
-    if cfg.get("preset") == "toy" and m["image_size"] % m["patch_size"]:
+    if cfg.get("preset") in TOY_PRESETS and m["image_size"] % m["patch_size"]:
         raise ValueError(f"model.image_size={m['image_size']} is not a multiple of model.patch_size={m['patch_size']}")
 
+# %% ../nbs/13_recipes.ipynb #2ebe0023
 def check_section(name: str, values: dict, schema: type):
     "Refuse unknown keys, values of the wrong kind and values outside their choices or ranges, naming the valid ones (numbers written as text are read)."
     if not isinstance(values, dict): raise ValueError(f"{name} must be a section of key: value pairs, not {values!r}")
@@ -232,6 +250,7 @@ def _value(text: str):
         except ValueError: pass
     return v
 
+# %% ../nbs/13_recipes.ipynb #9e3bfaf8
 def resolve(preset: str = "toy", config_file=None, overrides: dict | None = None) -> dict:
     "The full run config: preset, then YAML file, then `overrides`."
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
@@ -251,6 +270,7 @@ def read_config_file(config_file) -> dict:
         raise ValueError(f"{path} must hold `key: value` options (like the printed config), not a {type(options).__name__}")
     return options
 
+# %% ../nbs/13_recipes.ipynb #77e58004
 def parse_stages(text: str) -> list[int]:
     "`--stages 1,2` as `[1, 2]`."
     try: return [int(s) for s in text.split(",")]
@@ -271,7 +291,7 @@ def stage_config(cfg: dict, stage: int, world: int = 1, require_data: bool = Tru
     check_stage_options(cfg, stage)
     s = dict(cfg[f"stage{stage}"])
     if not require_data: s.setdefault("data", "")
-    needed = ("data",) if cfg.get("preset") == "toy" else tuple(STAGE_INPUTS)  # the toy's images sit beside its data
+    needed = ("data",) if cfg.get("preset") in TOY_PRESETS else tuple(STAGE_INPUTS)  # the toy's images sit beside its data
     for key in needed if require_data else ():
         if not s.get(key): raise unset_input(stage, key)
     glob = s.pop("global_batch", None)
@@ -291,10 +311,10 @@ def with_prompt_rule(loaded: tuple, m: dict) -> tuple:
 
 NO_LLM = "no LLM given: pass --llm PATH (a local causal LM directory) or --init PATH"
 
-def real_model(m: dict, llm_dtype=torch.float32) -> tuple:
+def _real_model(m: dict, llm_dtype=torch.float32) -> tuple:
     "(model, processor) for a paper preset: from `init`, or from `vision_tower` + `llm` (loaded in `llm_dtype`)."
     if m.get("init"):
-        return with_prompt_rule(load_any(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None), m)
+        return with_prompt_rule(_load_checkpoint(m["init"], m.get("vision_tower") if Path(str(m.get("vision_tower"))).is_dir() else None), m)
     if not m.get("llm"): raise ValueError(NO_LLM)
     return with_prompt_rule(from_local_dirs(m["vision_tower"], m["llm"], llm_dtype, mm_projector_type=m.get("mm_projector_type", "vmllm"),
                            enhance_impl=m.get("enhance_impl", "fast"), reference_quirks=m.get("reference_quirks", True),
@@ -354,6 +374,7 @@ def _stage0_report(what: str, t0: float, losses: list, c: dict) -> dict:
     print(f"stage 0: {what} loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}, {sec:.0f} s, {r['samples_per_s']:.0f} samples/s")
     return r
 
+# %% ../nbs/13_recipes.ipynb #a6f34e34
 def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress: bool,
                   times: dict | None = None) -> tuple: # filled with seconds, rate and losses of data generation and stage 0
     "Data, tokenizers, stage-0 encoder and the untrained vMLLM model of the toy recipe."
@@ -374,7 +395,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
     cfg["heldout"] = dict(questions=data["heldout"], image_folder=data["image_folder"])
     if m.get("init"):  # a model to start from: no stage 0
         if acc.is_main_process: print(f"starting from {m['init']}; stage 0 skipped")
-        return with_prompt_rule(load_any(m["init"]), m)
+        return with_prompt_rule(_load_checkpoint(m["init"]), m)
     size = dict(image_size=m["image_size"], patch_size=m["patch_size"], encoder_layers=m["encoder_layers"],
                 encoder_width=m["encoder_width"], llm_width=m["llm_width"], llm_layers=m["llm_layers"])
     kw = dict(mm_projector_type=m["mm_projector_type"], seed=cfg["seed"], tokenizers=toks, enhance_impl=m["enhance_impl"],
@@ -415,6 +436,7 @@ def run_toy_model(cfg: dict, out: Path, resume: bool, acc: Accelerator, progress
                 times["0_llm"] = _stage0_report("LLM", t, losses, lm_cfg)
     return model, proc
 
+# %% ../nbs/13_recipes.ipynb #468599a1
 RUN_SAFE_TO_CHANGE = SAFE_TO_CHANGE + ("output_dir", "stages")
 
 def check_resume_config(out: Path, cfg: dict):
@@ -440,6 +462,7 @@ def stage_record(stage_dir: Path) -> dict:
     h = json.loads((stage_dir / "history.json").read_text())
     return dict(steps=h[-1]["step"] if h else 0, first_loss=h[0]["loss"] if h else None, final_loss=h[-1]["loss"] if h else None)
 
+# %% ../nbs/13_recipes.ipynb #e23dd1cd
 def run(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     "Run a resolved recipe, as the only writer of its output folder; returns a summary (per stage, and held-out accuracy for the toy)."
     check_recipe(cfg)  # before any data, model or folder is made
@@ -457,6 +480,7 @@ def _check_backend(cfg: dict, acc: Accelerator):
     for stage in (1, 2):  # before any model is loaded
         if stage in cfg["stages"]: configure_deepspeed(acc, stage_config(cfg, stage, acc.num_processes, require_data=False), apply=False)
 
+# %% ../nbs/13_recipes.ipynb #5c27f93b
 def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
     out = Path(cfg["output_dir"])
     if resume: check_resume_config(out, cfg)
@@ -466,9 +490,9 @@ def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
     set_seed(cfg["seed"])  # before any model is built: a new connector's weights come from the seed, not the process
     t0, times = time.perf_counter(), {}
     with zero3_off():  # ZeRO-3 shards them when training starts
-        if cfg.get("preset") == "toy": model, proc = run_toy_model(cfg, out, resume, acc, progress, times)
+        if cfg.get("preset") in TOY_PRESETS: model, proc = run_toy_model(cfg, out, resume, acc, progress, times)
         else:  # fp32 master weights: DeepSpeed keeps them in its optimizer; DDP and FSDP train the weights as loaded
-            model, proc = real_model(cfg["model"], torch.bfloat16 if backend_of(acc) == "deepspeed" else torch.float32)
+            model, proc = _real_model(cfg["model"], torch.bfloat16 if backend_of(acc) == "deepspeed" else torch.float32)
     if acc.is_main_process:
         write_text_atomic(out / "run_config.yaml", yaml.safe_dump(cfg, sort_keys=False))  # now with the toy data's paths
         print("resolved config:\n" + yaml.safe_dump(cfg, sort_keys=False))
@@ -479,12 +503,12 @@ def _run(cfg: dict, acc: Accelerator, resume: bool, progress: bool) -> dict:
         sc = stage_config(cfg, stage, acc.num_processes)
         final = out / f"stage{stage}" / "final"
         if resume and finished(final):
-            with zero3_off(): model, proc = load_pretrained(final)
+            with zero3_off(): model, proc = _load_checkpoint(final)
             summary["stages"][stage] = dict(loaded=str(final), **stage_record(final.parent))
             continue
         t = time.perf_counter()
         r = train_stage(model, proc, sc, out / f"stage{stage}", resume=resume, accelerator=acc, progress=progress)
-        with zero3_off(): model, proc = load_pretrained(r["final_dir"])  # what follows uses what was saved
+        with zero3_off(): model, proc = _load_checkpoint(r["final_dir"])  # what follows uses what was saved
         summary["stages"][stage] = {k: v for k, v in r.items() if k != "history"}
         summary["stages"][stage].update(seconds=time.perf_counter() - t, first_loss=r["history"][0]["loss"] if r["history"] else None)
         if acc.is_main_process:
@@ -525,7 +549,7 @@ def check_stage_inputs(cfg: dict, stage: int):
     for key, (kind, flag) in STAGE_INPUTS.items():
         option, flag = f"stage{stage}.{key}", flag.format(stage)
         if s.get(key): check_path(option, s[key], kind, f"pass an existing {kind} with {flag} (or set {option} in the YAML file)")
-        elif cfg.get("preset") != "toy": raise unset_input(stage, key)
+        elif cfg.get("preset") not in TOY_PRESETS: raise unset_input(stage, key)
 
 def check_heldout(h: dict | None):
     "The `heldout` section, if there is one: its question file, and its image folder if it names one."
@@ -538,7 +562,7 @@ def check_heldout(h: dict | None):
 
 def check_inputs(cfg: dict, resume: bool = False):
     "Everything the run reads, before it makes anything: the LLM of a paper preset, each training stage's data, the held-out questions."
-    toy = cfg.get("preset") == "toy"
+    toy = cfg.get("preset") in TOY_PRESETS
     m = cfg.get("model") or {}
     if not toy and not m.get("init") and not m.get("llm"): raise ValueError(NO_LLM)
     for stage in stages_to_train(cfg, resume): check_stage_inputs(cfg, stage)
@@ -546,7 +570,7 @@ def check_inputs(cfg: dict, resume: bool = False):
 
 # %% ../nbs/13_recipes.ipynb #c017
 @call_parse
-def vmllm_train(preset: str = "toy", # toy, clip-b32, clip-l14-336, siglip-b16-224 or siglip-so400m-384
+def vmllm_train(preset: str = "toy", # toy, toy-chat, clip-b32, clip-l14-336, siglip-b16-224 or siglip-so400m-384
                 config: str = None, # YAML file with options (same layout as the printed config)
                 output_dir: str = None, # where checkpoints, final models and curves go
                 llm: str = None, # local directory of the LLM (paper presets)

@@ -13,14 +13,16 @@ from .data import VICUNA_SYSTEM
 from .processor import chat_template_for
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'CATEGORIES', 'HELDOUT_CATEGORIES', 'MULTI_TURN', 'TOY_CHAT_TEMPLATE',
-           'Thing', 'random_scene', 'draw_scene', 'image_digest', 'caption', 'questions', 'check_categories', 'ask',
-           'position_last', 'make_toy_data', 'training_digests', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
+__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'QUADRANTS', 'CATEGORIES', 'HELDOUT_CATEGORIES', 'TOY_CHAT_TEMPLATE', 'Thing',
+           'random_scene', 'draw_scene', 'make_toy_data', 'make_heldout', 'toy_corpus', 'toy_tokenizers']
 
 # %% ../nbs/08_synth.ipynb #c006
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
+
 SHAPES = ("circle", "square", "triangle")
+
 SIZES = {"small": 0.1, "large": 0.3}  # side, as a fraction of the canvas
+
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 
 @dataclass
@@ -57,6 +59,7 @@ def draw_scene(things: list[Thing], size: int = 64, rng: random.Random | None = 
         else: d.polygon([(x0 + side / 2, y0), (x0, y0 + side), (x0 + side, y0 + side)], fill=fill)
     return im
 
+# %% ../nbs/08_synth.ipynb #ea08aaae
 def image_digest(im: Image.Image) -> str:
     "A hash of the pixels: two images with the same digest look the same."
     return hashlib.sha1(im.tobytes()).hexdigest()
@@ -84,9 +87,12 @@ def questions(things: list[Thing], rng: random.Random) -> list[tuple[str, str, s
     rng.shuffle(qs)
     return qs
 
+# %% ../nbs/08_synth.ipynb #b8255121
 CATEGORIES = ("count", "small", "colour", "size", "shape", "position")
+
 HELDOUT_CATEGORIES = ("small", "count", "position")
 
+# %% ../nbs/08_synth.ipynb #bd4c0b73
 def check_categories(weights: dict | None, name: str = "categories") -> dict | None:
     "Refuse question-category weights that name no category of `CATEGORIES`, are negative or are all zero (`name`: the option, for messages)."
     if weights is None: return None
@@ -148,6 +154,7 @@ def position_last(asked: list) -> list:
     pos = [q for q in asked if q[0] == "position"]
     return [q for q in asked if q[0] != "position"] + pos[:1]
 
+# %% ../nbs/08_synth.ipynb #13688ce1
 def make_toy_data(out_dir, # created if needed
                   n_stage1: int = 2000, n_stage2: int = 2000, n_heldout: int = 300,
                   image_size: int = 64, seed: int = 0,
@@ -201,12 +208,14 @@ def make_toy_data(out_dir, # created if needed
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {**{k: str(v) for k, v in paths.items()}, **manifest}
 
+# %% ../nbs/08_synth.ipynb #5131e416
 def training_digests(data: dict) -> set:
     "Pixel digests of every image of a toy dataset's stage-1 and stage-2 splits."
     rows = json.loads(Path(data["stage1"]).read_text()) + json.loads(Path(data["stage2"]).read_text())
     digest = lambda p: image_digest(Image.open(p).convert("RGB"))
     return {digest(Path(data["image_folder"]) / r["image"]) for r in rows if r.get("image")}
 
+# %% ../nbs/08_synth.ipynb #8acb411c
 def make_heldout(data: dict, # a toy dataset, as `make_toy_data` returns it
                  out_file, # the .jsonl to write; its images go next to the dataset's
                  n: int = 300, heldout_seed: int = 1) -> str:
@@ -216,6 +225,7 @@ def make_heldout(data: dict, # a toy dataset, as `make_toy_data` returns it
     _write_jsonl(Path(out_file), rows)
     return str(out_file)
 
+# %% ../nbs/08_synth.ipynb #c8cb8682
 def toy_corpus(data: dict) -> list[str]:
     "Every text of the training splits, plus the template words: what the tokenizers and the stage-0 LLM are trained on (never the held-out split)."
     rows = json.loads(Path(data["stage1"]).read_text()) + json.loads(Path(data["stage2"]).read_text())

@@ -16,6 +16,7 @@ from PIL import Image
 from .core import IMAGE_TOKEN
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
+from transformers.modeling_layers import GradientCheckpointingLayer
 from .core import IGNORE_INDEX, WriteFailed, write_bytes_atomic, write_text_atomic, progress as progress_bar
 from .encoder import text_input_rule
 from .processor import chat_template_for
@@ -24,10 +25,7 @@ from .backends import backend_of, configure_deepspeed, full_state_dict, zero3_of
 from .checkpoints import _kill_point, atomic_dir, data_fingerprint, fresh_state, resume_state, save_checkpoint
 
 # %% auto #0
-__all__ = ['MODEL_KEYS', 'StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'lora_targets', 'lora_config',
-           'merge_lora_state', 'token_loss_sum', 'n_targets', 'NonFiniteLoss', 'predicting_positions',
-           'loss_sum_on_labels', 'adamw_options', 'sample_lengths', 'prepare_for_stage', 'placeholder_batch',
-           'forward_sum', 'optimizer_step', 'record_step', 'plot_history', 'save_final', 'train_stage', 'caption_pairs',
+__all__ = ['StageConfig', 'set_trainable', 'add_lora', 'merge_lora', 'NonFiniteLoss', 'plot_history', 'train_stage',
            'train_contrastive', 'train_language_model']
 
 # %% ../nbs/10_train.ipynb #c006
@@ -47,7 +45,7 @@ class StageConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_length: int = 2048
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = False # recompute the LLM's layers: False/'none', 'selective' (every other), True/'full'
     lora_r: int = 0 # > 0: LoRA adapters on the LLM's linear layers instead of full fine-tuning (stage 2)
     lora_alpha: int = 16
     lora_dropout: float = 0.05 # as LLaVA; its random masks differ with the number of processes
@@ -63,6 +61,7 @@ class StageConfig:
     def __post_init__(self):
         if self.stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, not {self.stage}")
         if self.lora_r and self.stage != 2: raise ValueError("LoRA (lora_r > 0) is for stage 2, where the LLM trains")
+        recompute_policy(self.gradient_checkpointing)  # a clear error now, not at the first step
         if self.length_grouping not in ("words", "tokens"):
             raise ValueError(f"length_grouping must be 'words' or 'tokens', not {self.length_grouping!r}")
 
@@ -137,6 +136,7 @@ def n_targets(batch: dict) -> int:
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "prompt_input_ids", "prompt_attention_mask")
 
+# %% ../nbs/10_train.ipynb #cbbb3999
 class NonFiniteLoss(RuntimeError):
     "The loss or the gradient became NaN/inf; the message names the step and the samples."
 
@@ -183,14 +183,46 @@ def sample_lengths(ds: LlavaDataset, cfg: StageConfig, out: Path, acc: Accelerat
     return lengths
 
 # %% ../nbs/10_train.ipynb #77c0851c
+RECOMPUTE = ("none", "selective", "full")  # `gradient_checkpointing` also takes False (none) and True (full)
+
+def recompute_policy(value) -> str:
+    "The recomputation policy a stage's `gradient_checkpointing` names: 'none', 'selective' or 'full'."
+    policy = {False: "none", True: "full"}.get(value, value) if isinstance(value, bool) else value
+    if policy not in RECOMPUTE:
+        raise ValueError(f"gradient_checkpointing={value!r}: use true/false or one of {', '.join(RECOMPUTE)}")
+    return policy
+
+def set_recompute(model, policy: str) -> int:
+    """Gradient checkpointing of the LLM's decoder layers: none, every other layer ('selective': the odd ones) or all;
+    returns how many layers recompute."""
+    lm, kw = model.language_model, {"use_reentrant": False}
+    if policy == "none":
+        if hasattr(lm, "activation_checkpointing_disable"): lm.activation_checkpointing_disable()
+        else: lm.gradient_checkpointing_disable()
+        return 0
+    if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
+    layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for i, layer in enumerate(layers): layer.gradient_checkpointing = policy == "full" or i % 2 == 1
+    return sum(layer.gradient_checkpointing for layer in layers)
+
 def prepare_for_stage(model, cfg: StageConfig) -> list:
     "LoRA and gradient checkpointing as `cfg` asks; returns the trainable parameters."
     if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    if cfg.gradient_checkpointing:
-        lm, kw = model.language_model, {"use_reentrant": False}
-        if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-        else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
+    policy = recompute_policy(cfg.gradient_checkpointing)
+    if policy != "none": set_recompute(model, policy)
     return set_trainable(model, cfg.stage)
+
+# %% ../nbs/10_train.ipynb #1ad06dc9
+def saved_for_backward(step) -> tuple:
+    """(what `step()` returns, bytes of the tensors autograd keeps for its backward pass), each storage counted once;
+    a recomputed layer keeps only its input, which autograd does not see: the count is what the policy changes."""
+    seen = {}
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.device)] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): result = step()
+    return result, sum(seen.values())
 
 # %% ../nbs/10_train.ipynb #8cb5cc6d
 def placeholder_batch(processor, with_image: bool) -> dict:
@@ -273,6 +305,7 @@ def plot_history(history: list, path):
     plt.close(fig)
     write_bytes_atomic(path, png.getvalue())
 
+# %% ../nbs/10_train.ipynb #c0e8f793
 def save_final(acc: Accelerator, model, processor, cfg: StageConfig, out: Path, state: dict) -> Path:
     "The trained model (gathered from every process, LoRA merged), its processor and the stage's config, written atomically to `out/final`."
     final = out / "final"
@@ -372,6 +405,7 @@ def caption_pairs(ds: LlavaDataset) -> list[tuple[Path, str]]:
         if len(paths) == 1: pairs.append((paths[0], reply))
     return pairs
 
+# %% ../nbs/10_train.ipynb #d8f527eb
 def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
                       processor, data, image_folder, steps: int = 200, batch_size: int = 64, lr: float = 1e-3,
                       seed: int = 0, progress: bool = True) -> list[float]:

@@ -92,6 +92,7 @@ def _file_key(path) -> str | None:
     "A fingerprint of an uploaded file: a new one starts a new conversation."
     return None if path is None else hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
+# %% ../nbs/17_web.ipynb #2b7ae251
 def respond(model, processor, question: str, upload, # the image: gradio's file dict, a path, or None
             state: dict | None = None, # `new_state()` or what the last event gave
             temperature: float = 0.2, template: str | None = None, max_new_tokens: int = 256,
@@ -134,6 +135,7 @@ def respond(model, processor, question: str, upload, # the image: gradio's file 
         history[-1] = _note(f"the model could not answer: {type(e).__name__}: {e}{again}")
         yield {"history": history, "state": {**state, "history": history}, "pictures": {}}
 
+# %% ../nbs/17_web.ipynb #bd7382b1
 def build_app(model, processor, template: str | None = None, max_new_tokens: int = 256, temperature: float = 0.2,
               name: str | None = None, # the model's name on the page; default: its folder's
               max_side: int = MAX_SIDE): # px: larger uploads are downscaled to this
@@ -191,8 +193,8 @@ def vmllm_web(model: Param("checkpoint directory: vmllm or released (LLaVA) layo
         if max_image_side < 1: raise UserError(f"--max_image_side must be a positive number of pixels, not {max_image_side}")
         if conv_mode is not None and conv_mode not in TEMPLATES:  # said now, not at every question
             raise UserError(f"unknown --conv_mode {conv_mode!r}: use one of {', '.join(TEMPLATES)}")
-        from vmllm.zoo import load_any
-        m, p = load_any(model, vision_tower)
+        from vmllm.zoo import _load_checkpoint
+        m, p = _load_checkpoint(model, vision_tower)
         print(f"vmllm_web: http://{host}:{port}", flush=True)
         build_app(m, p, conv_mode, max_new_tokens, temperature, Path(model).resolve().name, max_image_side).queue().launch(
             server_name=host, server_port=port)

@@ -14,15 +14,12 @@ from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
 from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files, user_errors
 from .encoder import ENCODER_PRESETS, FAMILY_RULES, model_from_config, encoder_config, family_of, load_encoder_model
-from .model import (VmllmConfig, VmllmForCausalLM, _allowed, load_pretrained, processor_for, refuse_bad_tensors,
+from .model import (VmllmConfig, VmllmForCausalLM, _allowed, processor_for, refuse_bad_tensors,
                          refuse_non_finite)
 from .processor import VmllmProcessor
 
 # %% auto #0
-__all__ = ['WEIGHT_FILES', 'TOKENIZER_FILES', 'ENCODER_CONFIG_FILE', 'reading_weights', 'load_tensors', 'tensor_names',
-           'read_state_dict', 'rename', 'reference_names', 'to_our_names', 'projector_type', 'inspect_checkpoint',
-           'save_tower_dir', 'reference_state_dict', 'save_sharded', 'load_reference', 'load_any', 'load_projector',
-           'load_lora', 'to_vmllm', 'to_reference', 'write_reference_dir', 'describe', 'vmllm_convert']
+__all__ = ['inspect_checkpoint', 'load_projector', 'load_lora', 'to_vmllm', 'to_reference', 'vmllm_convert']
 
 # %% ../nbs/11_zoo.ipynb #c006
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
@@ -115,8 +112,10 @@ def projector_type(names) -> str:
 
 # %% ../nbs/11_zoo.ipynb #c014
 TOKENIZER_FILES = ("tokenizer_config.json",)
+
 _LORA_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
+# %% ../nbs/11_zoo.ipynb #9b0c944c
 def inspect_checkpoint(path) -> dict:
     "kind ('vmllm', 'reference', 'projector', 'lora' or 'unknown'), what it holds, and what is missing."
     p = require_files(path)
@@ -222,22 +221,55 @@ def _check_shapes(model, sd: dict, source, display=lambda k: k) -> None:
 
 ENCODER_CONFIG_FILE = "encoder_config.json"
 
-def _tower_for(cfg: dict, vision_tower, tower_sd: dict, source: Path):
-    "(encoder model, directory with its tokenizer/processor or None) for a reference checkpoint."
-    if vision_tower is not None: return load_encoder_model(vision_tower), Path(vision_tower)
+def _encoder_config_at(name_or_path):
+    "The CLIP/SigLIP config of a local tower folder (read alone), or of a preset or cached hub id."
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir():
+        require_files(path, "config.json", what="encoder")
+        d = json.loads((path / "config.json").read_text())
+        return FAMILY_RULES[family_of(d)].config_cls.from_pretrained(path)
+    return load_encoder_model(name_or_path).config
+
+def _tower_config(cfg: dict, vision_tower, has_tower: bool, source: Path):
+    "(encoder config, folder with the tower's tokenizer and image processor or None) of a released checkpoint."
+    if vision_tower is not None: return _encoder_config_at(vision_tower), Path(vision_tower)
     own = source / ENCODER_CONFIG_FILE  # written by `to_reference`: a tower that is none of the presets (e.g. the toy's)
-    if tower_sd and own.is_file():
+    if has_tower and own.is_file():
         d = json.loads(own.read_text())
-        return model_from_config(FAMILY_RULES[family_of(d)].config_cls.from_dict(d)), None
+        return FAMILY_RULES[family_of(d)].config_cls.from_dict(d), None
     name = cfg.get("mm_vision_tower")
-    if not tower_sd:
+    if not has_tower:
         raise FileNotFoundError(f"{source} holds no vision tower weights (model.vision_tower.*): pass --vision_tower PATH, "
                                 f"a local copy of {name}")
-    if name and Path(str(name)).is_dir(): return model_from_config(load_encoder_model(name).config), Path(name)
-    try: return model_from_config(encoder_config(str(name))), None
+    if name and Path(str(name)).is_dir(): return _encoder_config_at(name), Path(name)
+    try: return encoder_config(str(name)), None
     except ValueError as e: raise ValueError(f"{source}: cannot build the tower {name!r}: pass --vision_tower PATH") from e
 
-def load_reference(path, # a released (LLaVA-layout) SFT directory
+def _tower_for(cfg: dict, vision_tower, tower_sd: dict, source: Path):
+    "(encoder model, folder with its tokenizer/processor or None): the given tower's weights, else built from its config."
+    config, tower_dir = _tower_config(cfg, vision_tower, bool(tower_sd), source)
+    return (load_encoder_model(vision_tower) if vision_tower is not None else model_from_config(config)), tower_dir
+
+# %% ../nbs/11_zoo.ipynb #94b4ca78
+def _processor_of(p: Path, cfg: dict, encoder_config, tower_dir) -> VmllmProcessor:
+    "The processor of a released checkpoint: its LLM tokenizer (with `<image>` added), the tower's tokenizer and images."
+    if tower_dir is None and not (p / "encoder_tokenizer").exists():
+        raise FileNotFoundError(f"{p}: the text tower's tokenizer is not in the checkpoint: pass --vision_tower PATH "
+                                f"(a local copy of {cfg.get('mm_vision_tower')})")
+    enc_tok = AutoTokenizer.from_pretrained(tower_dir or p / "encoder_tokenizer", local_files_only=True)
+    return processor_for(encoder_config, ready_llm_tokenizer(load_llm_tokenizer(p)), enc_tok, tower_dir)
+
+def _released_processor(path, vision_tower=None) -> VmllmProcessor:
+    "What `VmllmProcessor.from_pretrained` gives for a released directory: its processor, read without the weights."
+    p = require_files(path, "config.json", what="checkpoint")
+    cfg = json.loads((p / "config.json").read_text())
+    files = _weight_files(p)
+    has_tower = any(n.startswith("model.vision_tower.") for f in files for n in tensor_names(f))
+    config, tower_dir = _tower_config(cfg, vision_tower, has_tower, p)
+    return _processor_of(p, cfg, config, tower_dir)
+
+# %% ../nbs/11_zoo.ipynb #66503b9f
+def _read_released(path, # a released (LLaVA-layout) SFT directory
                    vision_tower=None, # local CLIP/SigLIP directory; needed when the checkpoint has no tower weights
                    reference_quirks: bool = True,
                    dtype=None, # e.g. torch.bfloat16; default: the dtype of the checkpoint's LLM weights
@@ -254,12 +286,8 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     tower_sd = {k: v for k, v in sd.items() if k.startswith("model.vision_tower.")}
     encoder, tower_dir = _tower_for(cfg, vision_tower, tower_sd, p)
     family = family_of(encoder.config)
-    if tower_dir is None and not (p / "encoder_tokenizer").exists():
-        raise FileNotFoundError(f"{p}: the text tower's tokenizer is not in the checkpoint: pass --vision_tower PATH "
-                                f"(a local copy of {cfg.get('mm_vision_tower')})")
-    tok = load_llm_tokenizer(p)
-    ref_vocab = cfg["vocab_size"]
-    tok = ready_llm_tokenizer(tok)
+    proc = _processor_of(p, cfg, encoder.config, tower_dir)
+    tok, ref_vocab = proc.tokenizer, cfg["vocab_size"]
     text = {k: v for k, v in cfg.items() if not k.startswith("mm_") and k not in ("model_type", "architectures")}
     text_cfg = LlamaConfig(**{**text, "vocab_size": max(len(tok), ref_vocab)})
     vcfg = VmllmConfig(text_config=text_cfg, encoder_config=encoder.config, mm_projector_type=kind,
@@ -295,19 +323,14 @@ def load_reference(path, # a released (LLaVA-layout) SFT directory
     model.load_state_dict({k: v for k, v in ours.items() if k in own}, strict=False)
     if dtype.is_floating_point: model = model.to(dtype)  # one dtype throughout: sub-models may be built in their config's
     refuse_non_finite(model, p)
-    enc_tok = AutoTokenizer.from_pretrained(tower_dir or p / "encoder_tokenizer", local_files_only=True)
-    proc = processor_for(encoder.config, tok, enc_tok, tower_dir)
     return model.eval(), proc
 
 # %% ../nbs/11_zoo.ipynb #c020
-VmllmForCausalLM.released_loader = staticmethod(load_reference)  # `from_pretrained` reads released directories through it
-
-def load_any(path, vision_tower=None, **kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
-    "Model and processor from a vmllm or a released (reference-layout) checkpoint directory."
+def _load_checkpoint(path, vision_tower=None, **kwargs) -> tuple[VmllmForCausalLM, VmllmProcessor]:
+    "Model and processor of a vmllm or a released (LLaVA-layout) checkpoint directory, as every `--model` option reads it."
     info = inspect_checkpoint(path)
-    if info["kind"] == "vmllm":
-        return load_pretrained(path, **kwargs)
-    if info["kind"] == "reference": return load_reference(path, vision_tower, **kwargs)
+    if info["kind"] == "vmllm": return VmllmForCausalLM.from_pretrained(path, **kwargs), VmllmProcessor.from_pretrained(path)
+    if info["kind"] == "reference": return _read_released(path, vision_tower, **kwargs)
     what = {"projector": "a stage-1 projector (load it onto a model with load_projector)",
             "lora": "a LoRA checkpoint (load it with load_lora and its base LLM)"}.get(info["kind"], "not a checkpoint vmllm knows")
     raise ValueError(f"{path} is {what}" + (f"; missing: {'; '.join(info['missing'])}" if info["missing"] else ""))
@@ -355,7 +378,7 @@ _TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json"
 
 def to_vmllm(src, dst, vision_tower=None) -> Path:
     "Convert a released SFT directory to a vmllm checkpoint directory."
-    model, proc = load_reference(src, vision_tower)
+    model, proc = _read_released(src, vision_tower)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
@@ -368,7 +391,7 @@ def to_vmllm(src, dst, vision_tower=None) -> Path:
 
 def to_reference(src, dst, include_tower: bool | None = None, max_tensors: int = 0) -> Path:
     "Write a vmllm checkpoint directory in the released (LLaVA) layout."
-    model, proc = load_pretrained(src)
+    model, proc = _load_checkpoint(src)
     meta = getattr(model.config, "reference", None) or {}
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -405,6 +428,7 @@ def describe(info: dict) -> str:
     lines += [f"  missing: {m}" for m in info["missing"]] or ["  nothing missing"]
     return "\n".join(lines)
 
+# %% ../nbs/11_zoo.ipynb #086ee95f
 @call_parse
 def vmllm_convert(src: str, # checkpoint directory to read
                   dst: Param("directory to write", str, opt=False, nargs="?") = None,
