@@ -67,10 +67,18 @@ def atomic_dir(path):
     _publish(tmp, path)
 
 # %% ../nbs/09b_checkpoints.ipynb #df55a7d8
+def _step_of(folder: Path) -> int | None:
+    "The step N of a `checkpoint-N` folder, or None for any other name."
+    n = folder.name.removeprefix("checkpoint-")
+    return int(n) if n != folder.name and n.isdigit() else None
+
+def _numbered(output_dir) -> list[Path]:
+    "The `checkpoint-N` folders of a run, complete or not, oldest first."
+    return sorted((p for p in Path(output_dir).glob("checkpoint-*") if _step_of(p) is not None), key=_step_of)
+
 def checkpoints(output_dir) -> list[Path]:
     "The complete `checkpoint-N` folders of a run, newest first."
-    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name[11:].isdigit()]
-    return sorted(ckpts, key=lambda p: int(p.name[11:]), reverse=True)
+    return [p for p in reversed(_numbered(output_dir)) if (p / STATE_FILE).exists()]
 
 def latest_checkpoint(output_dir) -> Path | None:
     "The newest complete `checkpoint-N` folder of a run, if any."
@@ -153,7 +161,7 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, state: dict, model, opt,
     acc.wait_for_everyone()
     if acc.is_main_process:
         _publish(tmp, final)
-        old = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name[11:].isdigit()), key=lambda p: int(p.name[11:]))
+        old = _numbered(output_dir)
         for p in old[:-keep] if keep > 0 else []: shutil.rmtree(p)
     acc.wait_for_everyone()
     return final

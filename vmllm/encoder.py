@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 import torch
 from torch import nn, Tensor
@@ -36,6 +37,16 @@ ENCODER_PRESETS = {
 }
 
 # %% ../nbs/01_encoder.ipynb #c008
+class TextGlobal(NamedTuple):
+    "How the prompt vector is read from the text tower."
+    source: str # 'pooled' (the model's pooled output) or 'first' (the first token's hidden state)
+    projections: int # how many times the text projection is applied: 0, 1, or 2 (the reference's CLIP habit)
+
+class TextInput(NamedTuple):
+    "How prompts enter the text tower."
+    padding: str # the tokenizer's padding: 'longest' or 'max_length'
+    masked: bool # whether the attention mask is passed
+
 @dataclass(frozen=True)
 class FamilyRule:
     "How one encoder family feeds the enhancement (see the table above)."
@@ -45,21 +56,21 @@ class FamilyRule:
     project: bool # streams and text go through the model's projection heads
     drop_last_layer: bool # the reference builds the vision tower without its last layer
     select_layer: int # index of the LLaVA feature in the (possibly shortened) hidden states
-    text_global_quirk: tuple # (source, number of text projections) as in the reference code
-    text_global_clean: tuple # the cleaner option
-    text_input_quirk: tuple # (tokenizer padding, pass the attention mask) for prompts, as in the reference code
-    text_input_clean: tuple # the cleaner option's
+    text_global_quirk: TextGlobal # as in the reference code
+    text_global_clean: TextGlobal # the cleaner option
+    text_input_quirk: TextInput # for prompts, as in the reference code
+    text_input_clean: TextInput # the cleaner option's
 
 FAMILY_RULES = {
     "clip": FamilyRule(CLIPModel, CLIPConfig, has_cls=True, project=True, drop_last_layer=False, select_layer=-2,
-                       text_global_quirk=("pooled", 2), text_global_clean=("pooled", 1),
-                       text_input_quirk=("longest", True), text_input_clean=("longest", True)),
+                       text_global_quirk=TextGlobal("pooled", 2), text_global_clean=TextGlobal("pooled", 1),
+                       text_input_quirk=TextInput("longest", True), text_input_clean=TextInput("longest", True)),
     "siglip": FamilyRule(SiglipModel, SiglipConfig, has_cls=False, project=False, drop_last_layer=True, select_layer=-1,
-                         text_global_quirk=("first", 0), text_global_clean=("pooled", 0),
-                         text_input_quirk=("longest", True), text_input_clean=("max_length", False)),
+                         text_global_quirk=TextGlobal("first", 0), text_global_clean=TextGlobal("pooled", 0),
+                         text_input_quirk=TextInput("longest", True), text_input_clean=TextInput("max_length", False)),
 }
 
-def text_input_rule(family: str, reference_quirks: bool = True) -> tuple:
+def text_input_rule(family: str, reference_quirks: bool = True) -> TextInput:
     "(tokenizer padding, pass the mask) for the text tower's prompts of `family`."
     rule = FAMILY_RULES[family]
     return rule.text_input_quirk if reference_quirks else rule.text_input_clean
@@ -160,7 +171,7 @@ class VisionTextEncoder(nn.Module):
         self.embed_width = model.config.projection_dim if self.rule.project else vc.hidden_size
         self.text_width = model.config.projection_dim if self.rule.project else tc.hidden_size
         self.text_max_length = tc.max_position_embeddings
-        if self.rule.project and self.text_global_rule[1] > 1 and tc.hidden_size != self.text_width:
+        if self.rule.project and self.text_global_rule.projections > 1 and tc.hidden_size != self.text_width:
             raise ValueError(f"the reference quirk applies text_projection twice, which needs text width {tc.hidden_size} "
                              f"== projection dim {self.text_width}: use reference_quirks=False for this encoder")
         if self.text_width != self.embed_width:
@@ -174,9 +185,9 @@ class VisionTextEncoder(nn.Module):
         return self
 
     @property
-    def text_global_rule(self) -> tuple: return self.rule.text_global_quirk if self.reference_quirks else self.rule.text_global_clean
+    def text_global_rule(self) -> TextGlobal: return self.rule.text_global_quirk if self.reference_quirks else self.rule.text_global_clean
     @property
-    def text_input_rule(self) -> tuple: return text_input_rule(self.family, self.reference_quirks)
+    def text_input_rule(self) -> TextInput: return text_input_rule(self.family, self.reference_quirks)
     @property
     def num_patches(self) -> int: return (self.image_size // self.patch_size) ** 2
     @property
@@ -201,8 +212,8 @@ class VisionTextEncoder(nn.Module):
     def text_global(self, input_ids: Tensor, # [B, L] prompt ids from the encoder's tokenizer
                     attention_mask: Tensor | None = None) -> Tensor: # [B, e]
         "One global vector per prompt, by the family's rule (quirk or clean)."
-        source, n_proj = self.text_global_rule
-        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask if self.text_input_rule[1] else None,
+        source, n_proj = self.text_global_rule  # a TextGlobal
+        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask if self.text_input_rule.masked else None,
                                     output_hidden_states=source == "first")
         g = out.hidden_states[-1][:, 0] if source == "first" else out.pooler_output
         for _ in range(n_proj): g = self.model.text_projection(g)

@@ -424,7 +424,7 @@ def training_image(self: VmllmProcessor, image) -> Image.Image:
 @patch
 def prompt_inputs(self: VmllmProcessor, prompts: list) -> dict:
     "Prompts tokenised for the text tower, padded and truncated by the family's rule."
-    padding, _ = text_input_rule(self.family, self.reference_quirks)
+    padding = text_input_rule(self.family, self.reference_quirks).padding
     enc = self.encoder_tokenizer(prompts, padding=padding, truncation=True, max_length=self.text_max_length, return_tensors="pt")
     return {"prompt_input_ids": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"]}
 

@@ -426,7 +426,7 @@ def train_contrastive(encoder_model, # a CLIPModel/SiglipModel, trained in place
             if p not in images: images[p] = ds.load_image(0, {}, p)
             ims.append(images[p])
         text = processor.prompt_inputs([c for _, c in chunk])
-        masked = text_input_rule(processor.family, processor.reference_quirks)[1]  # as the text tower reads prompts later
+        masked = text_input_rule(processor.family, processor.reference_quirks).masked  # as the text tower reads prompts later
         kw = dict(attention_mask=text["prompt_attention_mask"]) if masked else {}
         out = encoder_model(input_ids=text["prompt_input_ids"], pixel_values=processor.pixel_values(ims), return_loss=True, **kw)
         out.loss.backward()
