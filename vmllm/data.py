@@ -396,15 +396,37 @@ class Collator:
         return batch
 
 # %% ../nbs/07_data.ipynb #c021
+def _budget_batches(chunk: list, lengths: list, batch_size: int, max_tokens: int, world: int) -> list[list[int]]:
+    """Cut `chunk` (indices sorted longest first) into global batches of at most `batch_size` rows per process whose
+    padded size (rows per process x longest row) stays within `max_tokens` per process; every batch has `world` rows
+    or more, so that each process gets one."""
+    out, batch = [], []
+    for i in chunk:
+        rows = -(-(len(batch) + 1) // world)  # per process, once `i` joins
+        longest = abs(lengths[batch[0]]) if batch else abs(lengths[i])
+        if batch and len(batch) >= world and (rows > batch_size or rows * longest > max_tokens):
+            out.append(batch)
+            batch = []
+        batch.append(i)
+    return out + [batch] if batch else out
+
 class ModalityLengthSampler(Sampler):
     "Batches of indices of one modality and similar length, in a seeded random order."
     def __init__(self, lengths: list[int], # from `LlavaDataset.modality_lengths`: >0 with images, <0 without
                  batch_size: int, # the global batch size (all processes): each batch is one modality
-                 seed: int = 0, megabatch: int = 50, drop_last: bool = False):
+                 seed: int = 0, megabatch: int = 50, drop_last: bool = False,
+                 max_tokens: int = 0, # > 0: also at most this many padded tokens per process in a batch
+                 world: int = 1): # processes sharing each batch (with `max_tokens`)
         self.lengths, self.batch_size, self.seed, self.megabatch, self.drop_last = lengths, batch_size, seed, megabatch, drop_last
+        self.max_tokens, self.world = max_tokens, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int): self.epoch = epoch
+
+    def _split(self, chunk: list) -> list[list[int]]:
+        if self.max_tokens:
+            return _budget_batches(chunk, self.lengths, self.batch_size // self.world, self.max_tokens, self.world)
+        return [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
 
     def batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 100003 + self.epoch)
@@ -414,9 +436,8 @@ class ModalityLengthSampler(Sampler):
             rng.shuffle(idx)
             mb = self.batch_size * self.megabatch
             for s in range(0, len(idx), mb):
-                chunk = sorted(idx[s:s + mb], key=lambda i: -abs(self.lengths[i]))
-                out += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
-        if self.drop_last: out = [b for b in out if len(b) == self.batch_size]
+                out += self._split(sorted(idx[s:s + mb], key=lambda i: -abs(self.lengths[i])))
+        if self.drop_last and not self.max_tokens: out = [b for b in out if len(b) == self.batch_size]
         rng.shuffle(out)
         return out
 

@@ -149,7 +149,7 @@ SUBSETS = {"enhance_streams": STREAMS, "enhance_gates": GATES, "stages": (0, 1, 
 AT_LEAST_1 = ("batch_size", "global_batch", "grad_accum", "max_length", "threads", "steps", "n_stage1", "n_stage2", "n_heldout",
               "image_size", "patch_size", "encoder_layers", "encoder_width", "llm_width", "llm_layers")
 
-AT_LEAST_0 = ("epochs", "max_steps", "lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "save_every", "keep_checkpoints",
+AT_LEAST_0 = ("epochs", "max_steps", "max_tokens", "lr", "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "save_every", "keep_checkpoints",
               "num_workers", "preflight_rows", "seed")
 
 RANGES = {**{k: (1, None) for k in AT_LEAST_1}, **{k: (0, None) for k in AT_LEAST_0},

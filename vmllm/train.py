@@ -57,11 +57,17 @@ class StageConfig:
     preflight_rows: int = 16
     length_grouping: str = "words" # or "tokens": batches grouped by exact token counts (computed once, kept in lengths.json)
     packing: bool = False # each micro-batch packed into one row without padding (pays with FlashAttention on a GPU)
+    max_tokens: int = 0 # > 0: micro-batches of up to batch_size rows and at most this many padded tokens (exact lengths)
 
     def __post_init__(self):
         if self.stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, not {self.stage}")
         if self.lora_r and self.stage != 2: raise ValueError("LoRA (lora_r > 0) is for stage 2, where the LLM trains")
         recompute_policy(self.gradient_checkpointing)  # a clear error now, not at the first step
+        if self.max_tokens and self.max_tokens < self.max_length:
+            raise ValueError(f"max_tokens={self.max_tokens} is below max_length={self.max_length}: a sample of max_length tokens "
+                             "would not fit a micro-batch; raise max_tokens or lower max_length")
+        if self.max_tokens and self.length_grouping != "tokens":
+            raise ValueError("max_tokens budgets exact token counts: set length_grouping=tokens too")
         if self.length_grouping not in ("words", "tokens"):
             raise ValueError(f"length_grouping must be 'words' or 'tokens', not {self.length_grouping!r}")
 
@@ -277,11 +283,12 @@ def optimizer_step(model, micro: list, acc: Accelerator, opt, sched, params: lis
 # %% ../nbs/10_train.ipynb #7f039272
 def record_step(state: dict, micro: list, loss: float, lr: float, acc: Accelerator, t0: float, samples0: int):
     "Count the step, its samples and its skipped/shortened rows (summed over processes) in `state`."
-    skipped, shortened = acc.reduce(torch.tensor([sum(b["skipped"] for b in micro), sum(b["shortened"] for b in micro)],
-                                                 device=acc.device), "sum").tolist()
+    rows = sum(len(b["ids"]) + b["skipped"] for b in micro)  # processes may differ by a row (token budgets, last batch)
+    skipped, shortened, rows = acc.reduce(torch.tensor([sum(b["skipped"] for b in micro), sum(b["shortened"] for b in micro),
+                                                        rows], device=acc.device), "sum").tolist()
     state["skipped"] += int(skipped)
     state["shortened"] += int(shortened)
-    state["samples"] += sum(len(b["ids"]) + b["skipped"] for b in micro) * acc.num_processes
+    state["samples"] += int(rows)
     state["step"] += 1
     state["batch_in_epoch"] += len(micro)
     rate = (state["samples"] - samples0) / (time.perf_counter() - t0)
@@ -343,7 +350,8 @@ def train_stage(model, # a VmllmForCausalLM (LoRA is added here when cfg.lora_r 
     params = prepare_for_stage(model, cfg)
     world, rank = acc.num_processes, acc.process_index
     configure_deepspeed(acc, cfg)
-    sampler = ModalityLengthSampler(sample_lengths(ds, cfg, out, acc), cfg.batch_size * world, seed=cfg.seed)
+    sampler = ModalityLengthSampler(sample_lengths(ds, cfg, out, acc), cfg.batch_size * world, seed=cfg.seed,
+                                    max_tokens=cfg.max_tokens, world=world)
     steps_per_epoch = len(_local_batches(sampler, 0, world, rank)) // cfg.grad_accum
     if steps_per_epoch == 0: raise ValueError(f"{cfg.data}: too few rows for one step of {cfg.batch_size * world * cfg.grad_accum}")
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
