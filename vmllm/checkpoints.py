@@ -206,7 +206,8 @@ def _load_trained_tensors(acc: Accelerator, ckpt: Path, model, opt):
     opt.load_state_dict(osd)
 
 # %% ../nbs/09b_checkpoints.ipynb #394ba5fe
-SAFE_TO_CHANGE = ("save_every", "keep_checkpoints", "num_workers", "preflight_rows", "strict", "data", "image_folder")
+SAFE_TO_CHANGE = ("save_every", "keep_checkpoints", "num_workers", "preflight_rows", "strict", "data", "image_folder",
+                  "gradient_checkpointing")  # recomputation changes memory and time, never the gradients (`10_train`)
 
 def data_fingerprint(path) -> dict:
     "Size and a hash of the first and last MiB of a data file: enough to notice another file on resume."

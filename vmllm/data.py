@@ -408,6 +408,9 @@ def _budget_batches(chunk: list, lengths: list, batch_size: int, max_tokens: int
             out.append(batch)
             batch = []
         batch.append(i)
+    if out and len(batch) < world and len(out[-1]) + len(batch) >= 2 * world:  # too few for every process: borrow rows
+        rows = out.pop() + batch  # the shortest `world` go last, one per process; the rest is a part of a batch that fitted
+        out, batch = out + [rows[:-world]], rows[-world:]
     return out + [batch] if batch else out
 
 class ModalityLengthSampler(Sampler):
@@ -419,6 +422,7 @@ class ModalityLengthSampler(Sampler):
                  world: int = 1): # processes sharing each batch (with `max_tokens`)
         self.lengths, self.batch_size, self.seed, self.megabatch, self.drop_last = lengths, batch_size, seed, megabatch, drop_last
         self.max_tokens, self.world = max_tokens, world
+        if max_tokens and drop_last: raise ValueError("drop_last keeps only full batches; with max_tokens no batch size is full")
         self.epoch = 0
 
     def set_epoch(self, epoch: int): self.epoch = epoch
@@ -459,8 +463,7 @@ def token_lengths(self: LlavaDataset) -> list[int]:
         except ValueError:  # a bad row (BadRow is one): named when training visits it
             out.append(1)
             continue
-        slots = sum(t.count(IMAGE_TOKEN) for _, t in turns) * (self.processor.tokens_per_image - 1)
-        out.append(len(ids) + slots if n_images else -len(ids))
+        out.append(len(ids) if n_images else -len(ids))  # the ids hold each image's slots already
     return out
 
 # %% ../nbs/07_data.ipynb #c024

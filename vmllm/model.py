@@ -415,8 +415,17 @@ def _from_released(path: Path, vision_tower, allow_missing, kwargs: dict):
         raise ValueError(f"{path} is a released (LLaVA-layout) checkpoint: convert it with vmllm_convert, "
                          "then load the vmllm directory with quantization_config")
     from vmllm.zoo import _read_released  # here, not at the top: the zoo builds on this module
-    model = _read_released(path, vision_tower, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")), allow_missing=allow_missing)[0]
-    return _place(model, kwargs.get("device_map"), kwargs.get("max_memory"))
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    if isinstance(dtype, str): dtype = None if dtype == "auto" else getattr(torch, dtype)  # "auto": the checkpoint's own
+    model = _read_released(path, vision_tower, dtype=dtype, allow_missing=allow_missing)[0]
+    model = _place(model, kwargs.get("device_map"), kwargs.get("max_memory"))
+    if kwargs.get("output_loading_info"):  # what transformers reports; the reader refused anything missing or unexpected
+        return model, dict(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[])
+    return model
+
+def _looks_local(p: Path) -> bool:
+    "A path that cannot be a hub id (`owner/name`): absolute, relative to here or home, or more than two parts."
+    return p.is_absolute() or str(p).startswith((".", "~")) or len(p.parts) > 2
 
 @patch(cls_method=True)
 def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args, vision_tower=None, allow_missing=(), **kwargs):
@@ -432,10 +441,11 @@ def from_pretrained(cls: VmllmForCausalLM, pretrained_model_name_or_path, *args,
                              "load without it (dtype=torch.bfloat16 halves the memory) or on a GPU machine")
         if getattr(q, "llm_int8_skip_modules", "absent") is None: q.llm_int8_skip_modules = ["vision_tower", "mm_projector", "lm_head"]
     p = Path(str(pretrained_model_name_or_path))
-    if p.is_dir(): require_files(p, "config.json", what="checkpoint")
+    if p.is_dir() or _looks_local(p): require_files(p, "config.json", what="checkpoint")
     if is_released_layout(p): return _from_released(p, vision_tower, allow_missing, kwargs)
     if p.is_dir():
-        require_files(p, "model.safetensors|model.safetensors.index.json|pytorch_model.bin", what="vmllm checkpoint")
+        require_files(p, "model.safetensors|model.safetensors.index.json|pytorch_model.bin|pytorch_model.bin.index.json",
+                      what="vmllm checkpoint")
         kwargs.setdefault("local_files_only", True)
     want_info = kwargs.pop("output_loading_info", False)
     model, info = super(VmllmForCausalLM, cls).from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,

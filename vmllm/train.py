@@ -183,7 +183,10 @@ def sample_lengths(ds: LlavaDataset, cfg: StageConfig, out: Path, acc: Accelerat
     kept = out / "lengths.json"
     try: saved = json.loads(kept.read_text())
     except (OSError, ValueError): saved = {}
-    if isinstance(saved, dict) and saved.get("key") == key and len(saved.get("lengths", [])) == len(ds): return saved["lengths"]
+    # counting 2: each image's slots counted once (counting 1 counted them twice); a run started with 1 keeps its batches
+    if (isinstance(saved, dict) and saved.get("key") in (dict(key, counting=2), key)
+            and len(saved.get("lengths", [])) == len(ds)): return saved["lengths"]
+    key = dict(key, counting=2)
     lengths = ds.token_lengths()
     if acc.is_main_process: write_text_atomic(kept, json.dumps(dict(key=key, lengths=lengths)))
     return lengths
@@ -209,14 +212,16 @@ def set_recompute(model, policy: str) -> int:
     if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
     else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
     layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if policy == "selective" and not layers:
+        raise ValueError(f"selective recomputation needs decoder layers built on transformers' GradientCheckpointingLayer; "
+                         f"{type(lm).__name__} has none: use gradient_checkpointing=full")
     for i, layer in enumerate(layers): layer.gradient_checkpointing = policy == "full" or i % 2 == 1
     return sum(layer.gradient_checkpointing for layer in layers)
 
 def prepare_for_stage(model, cfg: StageConfig) -> list:
     "LoRA and gradient checkpointing as `cfg` asks; returns the trainable parameters."
     if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    policy = recompute_policy(cfg.gradient_checkpointing)
-    if policy != "none": set_recompute(model, policy)
+    set_recompute(model, recompute_policy(cfg.gradient_checkpointing))  # "none" too: a model may come from another stage
     return set_trainable(model, cfg.stage)
 
 # %% ../nbs/10_train.ipynb #1ad06dc9
