@@ -58,6 +58,7 @@ class StageConfig:
     length_grouping: str = "words" # or "tokens": batches grouped by exact token counts (computed once, kept in lengths.json)
     packing: bool = False # each micro-batch packed into one row without padding (pays with FlashAttention on a GPU)
     max_tokens: int = 0 # > 0: micro-batches of up to batch_size rows and at most this many padded tokens (exact lengths)
+    compile: bool = False # torch.compile each of the LLM's decoder layers (pays on a GPU; the first steps compile)
 
     def __post_init__(self):
         if self.stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, not {self.stage}")
@@ -201,6 +202,18 @@ def recompute_policy(value) -> str:
         raise ValueError(f"gradient_checkpointing={value!r}: use true/false or one of {', '.join(RECOMPUTE)}")
     return policy
 
+def decoder_layers(lm) -> list:
+    "The decoder layers of a transformers causal LM (its `GradientCheckpointingLayer`s), in order."
+    return [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+def compile_layers(model) -> int:
+    "`torch.compile` each decoder layer of the LLM in place (the layers share one compiled graph); returns how many."
+    layers = decoder_layers(model.language_model)
+    if not layers: raise ValueError(f"compile=true compiles decoder layers, and {type(model.language_model).__name__} has none "
+                                    "built on transformers' GradientCheckpointingLayer")
+    for layer in layers: layer.compile()
+    return len(layers)
+
 def set_recompute(model, policy: str) -> int:
     """Gradient checkpointing of the LLM's decoder layers: none, every other layer ('selective': the odd ones) or all;
     returns how many layers recompute."""
@@ -211,7 +224,7 @@ def set_recompute(model, policy: str) -> int:
         return 0
     if hasattr(lm, "activation_checkpointing_enable"): lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
     else: lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # older transformers
-    layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = decoder_layers(lm)
     if policy == "selective" and not layers:
         raise ValueError(f"selective recomputation needs decoder layers built on transformers' GradientCheckpointingLayer; "
                          f"{type(lm).__name__} has none: use gradient_checkpointing=full")
@@ -222,6 +235,7 @@ def prepare_for_stage(model, cfg: StageConfig) -> list:
     "LoRA and gradient checkpointing as `cfg` asks; returns the trainable parameters."
     if cfg.lora_r: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     set_recompute(model, recompute_policy(cfg.gradient_checkpointing))  # "none" too: a model may come from another stage
+    if cfg.compile: compile_layers(model)
     return set_trainable(model, cfg.stage)
 
 # %% ../nbs/10_train.ipynb #1ad06dc9
