@@ -441,7 +441,7 @@ class ModalityLengthSampler(Sampler):
             mb = self.batch_size * self.megabatch
             for s in range(0, len(idx), mb):
                 out += self._split(sorted(idx[s:s + mb], key=lambda i: -abs(self.lengths[i])))
-        if self.drop_last and not self.max_tokens: out = [b for b in out if len(b) == self.batch_size]
+        if self.drop_last: out = [b for b in out if len(b) == self.batch_size]
         rng.shuffle(out)
         return out
 

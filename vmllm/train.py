@@ -180,14 +180,14 @@ def sample_lengths(ds: LlavaDataset, cfg: StageConfig, out: Path, acc: Accelerat
     "The lengths the sampler groups by: word estimates, or exact token counts computed once and kept in `out/lengths.json`."
     if cfg.length_grouping == "words": return ds.modality_lengths()
     key = dict(data=data_fingerprint(cfg.data), template=cfg.template, max_length=cfg.max_length, per_reply=ds.per_reply,
-               vocabulary=len(ds.processor.tokenizer), tokens_per_image=ds.processor.tokens_per_image)
+               vocabulary=len(ds.processor.tokenizer), tokens_per_image=ds.processor.tokens_per_image,
+               counting=2)  # 2: each image's slots counted once
+    before_fix = {k: v for k, v in key.items() if k != "counting"}  # counted slots twice: a run started so keeps its batches
     kept = out / "lengths.json"
     try: saved = json.loads(kept.read_text())
     except (OSError, ValueError): saved = {}
-    # counting 2: each image's slots counted once (counting 1 counted them twice); a run started with 1 keeps its batches
-    if (isinstance(saved, dict) and saved.get("key") in (dict(key, counting=2), key)
-            and len(saved.get("lengths", [])) == len(ds)): return saved["lengths"]
-    key = dict(key, counting=2)
+    if isinstance(saved, dict) and saved.get("key") in (key, before_fix) and len(saved.get("lengths", [])) == len(ds):
+        return saved["lengths"]
     lengths = ds.token_lengths()
     if acc.is_main_process: write_text_atomic(kept, json.dumps(dict(key=key, lengths=lengths)))
     return lengths

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from fastcore.script import Param, call_parse
 from transformers import AutoTokenizer, LlamaConfig
-from .core import IMAGE_TOKEN, load_llm_tokenizer, ready_llm_tokenizer, require_files, user_errors
+from .core import IMAGE_TOKEN, is_released_layout, load_llm_tokenizer, ready_llm_tokenizer, require_files, user_errors
 from .encoder import ENCODER_PRESETS, FAMILY_RULES, model_from_config, encoder_config, family_of, load_encoder_model
 from .model import (VmllmConfig, VmllmForCausalLM, _allowed, processor_for, refuse_bad_tensors,
                          refuse_non_finite)
@@ -142,7 +142,7 @@ def inspect_checkpoint(path) -> dict:
         info.update(kind="projector", connector=projector_type(n.split("mm_projector.", 1)[1] for n in names))
         info["notes"].append("stage-1 projector: needs an LLM (--llm) and a vision tower (--vision_tower)")
         return info
-    if "mm_vision_tower" in cfg or str(cfg.get("model_type", "")).startswith("llava"):
+    if is_released_layout(p):
         info.update(kind="reference", vision_tower=cfg.get("mm_vision_tower"))
         if not files:
             info["missing"].append("weights (model*.safetensors or pytorch_model*.bin)")
@@ -222,13 +222,13 @@ def _check_shapes(model, sd: dict, source, display=lambda k: k) -> None:
 ENCODER_CONFIG_FILE = "encoder_config.json"
 
 def _encoder_config_at(name_or_path):
-    "The CLIP/SigLIP config of a local tower folder (read alone), or of a preset or cached hub id."
+    "The CLIP/SigLIP config of a local tower folder (read alone), or of a preset (by name or hub id), without weights."
     path = Path(str(name_or_path)).expanduser()
     if path.is_dir():
         require_files(path, "config.json", what="encoder")
         d = json.loads((path / "config.json").read_text())
         return FAMILY_RULES[family_of(d)].config_cls.from_pretrained(path)
-    return load_encoder_model(name_or_path).config
+    return encoder_config(str(name_or_path))
 
 def _tower_config(cfg: dict, vision_tower, has_tower: bool, source: Path):
     "(encoder config, folder with the tower's tokenizer and image processor or None) of a released checkpoint."
@@ -247,8 +247,9 @@ def _tower_config(cfg: dict, vision_tower, has_tower: bool, source: Path):
 
 def _tower_for(cfg: dict, vision_tower, tower_sd: dict, source: Path):
     "(encoder model, folder with its tokenizer/processor or None): the given tower's weights, else built from its config."
-    config, tower_dir = _tower_config(cfg, vision_tower, bool(tower_sd), source)
-    return (load_encoder_model(vision_tower) if vision_tower is not None else model_from_config(config)), tower_dir
+    if vision_tower is not None: return load_encoder_model(vision_tower), Path(vision_tower)  # read once, config and weights
+    config, tower_dir = _tower_config(cfg, None, bool(tower_sd), source)
+    return model_from_config(config), tower_dir
 
 # %% ../nbs/11_zoo.ipynb #94b4ca78
 def _processor_of(p: Path, cfg: dict, encoder_config, tower_dir) -> VmllmProcessor:
